@@ -9,6 +9,7 @@ refuses the Namespace under its default ``weights_only=True``, so we allow
 exactly the classes such files hold.
 """
 import argparse
+import logging
 import os
 import os.path as osp
 import pickle
@@ -87,7 +88,7 @@ def load_checkpoint_file(filename: str, map_location='cpu') -> dict:
             f'{filename}: holds objects beyond tensors and argparse '
             f'arguments ({str(e).splitlines()[0][:200]}); loading it with '
             'weights_only=False. Only do this with files you trust.',
-            logger='current', level='WARNING')
+            logger='current', level=logging.WARNING)
     except (RuntimeError, EOFError) as e:
         raise ValueError(
             f'{filename!r} is not a readable PyTorch checkpoint '
@@ -235,8 +236,8 @@ def load_stvit_state_dict(model, filename: str, prefix: Optional[str] = None,
     if missing:
         msgs.append(f'missing from the checkpoint, left as initialised: '
                     f'{_summarise(missing)}')
-    print_log('\n  '.join(msgs), logger=logger,
-              level='WARNING' if missing or unexpected else 'INFO')
+    level = logging.WARNING if missing or unexpected else logging.INFO
+    print_log('\n  '.join(msgs), logger=logger, level=level)
     return dict(missing=missing, unexpected=unexpected, dropped=dropped)
 
 
