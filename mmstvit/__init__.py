@@ -5,6 +5,7 @@
 in a config makes ``type='STViT'`` available to mmdet, mmseg and mmpretrain.
 """
 from .version import __version__
+from .utils import compat  # noqa: F401  (mmengine checkpoints on torch>=2.6)
 from .models import STViT, StokenAttention
 from .registry import register_all
 
