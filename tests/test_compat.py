@@ -32,8 +32,9 @@ class ToyData(Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(4, generator=g),
-                    label=torch.tensor(float(i % 2)))
+        return dict(
+            inputs=torch.randn(4, generator=g),
+            label=torch.tensor(float(i % 2)))
 
 
 class ToyModel(BaseModel):
@@ -61,15 +62,16 @@ def make_runner(work_dir, max_iters=4, seed=0, resume_from=None):
             batch_size=2,
             num_workers=0,
             collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         param_scheduler=dict(
-            type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
+            type='LinearLR',
+            start_factor=0.5,
+            by_epoch=False,
+            begin=0,
             end=max_iters),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=2,
-                            by_epoch=False),
+            checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
             logger=dict(type='LoggerHook', interval=1)),
         randomness=dict(seed=seed),
         load_from=resume_from,
@@ -160,7 +162,7 @@ def test_survives_other_safe_globals_contexts(uninterrupted):
     the authors' files) removes those objects on exit; ours stay."""
     work_dir, _, _ = uninterrupted
     with torch.serialization.safe_globals(
-            [np.ndarray, np.dtype, HistoryBuffer, argparse.Namespace]):
+        [np.ndarray, np.dtype, HistoryBuffer, argparse.Namespace]):
         pass
     assert compat.is_applied()
     torch.load(str(work_dir / 'iter_4.pth'))
@@ -171,7 +173,7 @@ def test_restricted_getattr_refuses_other_attributes():
     assert compat.history_buffer_getattr(HistoryBuffer, 'mean') is \
         HistoryBuffer.mean
     for obj, name in ((HistoryBuffer, '__init__'), (HistoryBuffer,
-                                                     '__class__'),
+                                                    '__class__'),
                       (np.ndarray, 'tofile'), (torch, 'load')):
         with pytest.raises(pickle.UnpicklingError):
             compat.history_buffer_getattr(obj, name)

@@ -110,8 +110,8 @@ def _numpy_globals() -> List[Tuple[Callable, str]]:
     # A dtype is rebuilt with numpy.dtype(...) and then BUILD, which the
     # unpickler only allows for allow-listed classes: the dtype's class.
     codes = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
-             'uint32', 'uint64', 'float16', 'float32', 'float64',
-             'longdouble', 'complex64', 'complex128', 'clongdouble')
+             'uint32', 'uint64', 'float16', 'float32', 'float64', 'longdouble',
+             'complex64', 'complex128', 'clongdouble')
     seen = set()
     for code in codes:
         cls = type(np.dtype(code))

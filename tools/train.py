@@ -1,0 +1,168 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""Train an STViT model with mmdet, mmseg or mmpretrain.
+
+One entry point for the three toolboxes: the config's ``default_scope``
+says which. Same flags and behaviour as each toolbox's ``tools/train.py``,
+plus: missing pretrained weights stop the run at once with a clear message,
+``--amp`` says plainly when this machine cannot do it, and distributed runs
+also work with CPU processes (gloo) when there is no GPU.
+
+Examples::
+
+    python tools/train.py configs/mask_rcnn_stvit_s_1x.py
+    python tools/train.py CONFIG --resume               # latest in work_dir
+    python tools/train.py CONFIG --cfg-options model.backbone.init_cfg=None
+    bash tools/dist_train.sh CONFIG 8 --amp
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import mmstvit  # noqa: E402,F401  (registers STViT, applies the resume fix)
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+
+from mmstvit.utils import launch  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train an STViT detector, segmentor or classifier')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint; without a path, resume from '
+        'the latest checkpoint in the work directory')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training (needs a GPU)')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the real batch size '
+        '(auto_scale_lr.base_batch_size in the config)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value pairs, e.g. '
+        'model.backbone.init_cfg=None or train_cfg.max_iters=100; a list is '
+        'key="[a,b]" or key=a,b, no white space')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def set_default_dataloader_cfg(cfg, fields):
+    """mmpretrain's train.py defaults: default_collate, pin_memory and
+    persistent workers (where there are workers)."""
+    for field in fields:
+        if cfg.get(field, None) is None:
+            continue
+        loader = ConfigDict(
+            pin_memory=True,
+            persistent_workers=True,
+            collate_fn=dict(type='default_collate'))
+        loader.update(cfg[field])
+        if not loader.get('num_workers', 0):
+            loader['persistent_workers'] = False
+        cfg[field] = loader
+
+
+def merge_args(cfg, args, task):
+    """Applies the command line to the config, as the toolboxes do."""
+    cfg.launcher = args.launcher
+    if task == 'mmpretrain':
+        set_default_dataloader_cfg(
+            cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        launch.apply_amp(cfg)
+
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and \
+                'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise SystemExit(
+                'mmstvit: --auto-scale-lr needs auto_scale_lr = dict('
+                'enable=False, base_batch_size=...) in the config')
+
+    # resume: a given checkpoint > the latest one in work_dir
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def check_before_build(cfg):
+    """Stops (exit code 1, no traceback) on what would fail later."""
+    optim_wrapper = cfg.get('optim_wrapper', None) or {}
+    if optim_wrapper.get('type', None) == 'AmpOptimWrapper':
+        reason = launch.amp_unavailable_reason()
+        if reason:
+            raise SystemExit(reason)
+    missing = launch.find_missing_pretrained(cfg, load_from=True)
+    if missing:
+        raise SystemExit(launch.missing_pretrained_message(missing))
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    task = launch.detect_task(cfg)
+    launch.register_toolbox(task)
+    if task == 'mmdet':
+        # fewer recompilations with torch.compile, as mmdet's train.py does
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+
+    cfg = merge_args(cfg, args, task)
+    check_before_build(cfg)
+    launch.convert_load_from(cfg, task)
+    launch.setup_cpu_distributed(cfg, args.launcher)
+
+    runner = build_runner(cfg)
+    runner.train()
+    launch.finish_distributed()
+
+
+if __name__ == '__main__':
+    main()
