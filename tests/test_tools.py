@@ -334,6 +334,12 @@ def test_test_parse_and_merge_args(test_tool, keep_local_rank, tmp_path):
     assert cfg.model.type == 'mmpretrain.AverageClsScoreTTA'
     assert cfg.test_dataloader.collate_fn == dict(type='default_collate')
 
+    (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
+    with pytest.raises(SystemExit, match='cannot read'):
+        test_tool.merge_args(
+            Config(dict(default_scope='mmseg')),
+            test_tool.parse_args(['c.py', str(tmp_path / 'broken.pth')]),
+            'mmseg')
     with pytest.raises(SystemExit, match='checkpoint not found'):
         test_tool.merge_args(
             Config(dict(default_scope='mmseg')),
@@ -632,6 +638,87 @@ def test_dist_train_cpu_then_resume_and_test(seg_case):
     # mmengine's visualizer saves on rank 0 only: its half of the images
     pictures = sorted(p.name for p in (root / 'vis').rglob('*.png'))
     assert pictures == ['test_0.png_0.png', 'test_2.png_0.png']
+
+
+# ---------------------------------------------------------------------------
+# mmdet: --show-dir, --out, --tta on Mask R-CNN
+# ---------------------------------------------------------------------------
+
+DET_CFG = """
+_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(_delete_=True, type='STViT', arch=ARCH,
+                  stoken_size=[4, 2, 1, 1], drop_path_rate=0.),
+    neck=dict(in_channels=[16, 32, 48, 64], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=3),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(in_channels=32, conv_out_channels=32,
+                       num_classes=3)))
+metainfo = dict(classes=('circle', 'rectangle', 'triangle'))
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                          'img_shape', 'scale_factor'))]
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root='DATA/', metainfo=metainfo,
+                 ann_file='annotations/instances_val.json',
+                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file='DATA/annotations/instances_val.json')
+test_evaluator = val_evaluator
+"""
+
+
+def test_mmdet_test_show_dir_out_and_tta(tmp_path):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from mmstvit.datasets.toy_data import generate_toy_coco
+    generate_toy_coco(tmp_path / 'toy_coco', num_train=1, num_val=2)
+    cfg_file = tmp_path / 'tiny_mask_rcnn.py'
+    cfg_file.write_text(
+        DET_CFG.replace('ARCH',
+                        repr(TINY_ARCH)).replace('DATA',
+                                                 str(tmp_path / 'toy_coco')))
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(cfg_file)).model)
+    torch.save(
+        dict(state_dict=model.state_dict(), meta={}), tmp_path / 'model.pth')
+
+    proc = run([
+        sys.executable,
+        osp.join(TOOLS, 'test.py'),
+        str(cfg_file),
+        str(tmp_path / 'model.pth'), '--work-dir',
+        str(tmp_path / 'w'), '--show-dir', 'vis', '--out',
+        str(tmp_path / 'res.pkl')
+    ],
+               cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+    # mmdet writes the pictures under work_dir/<timestamp>/<show-dir>
+    assert len(list((tmp_path / 'w').glob('*/vis/*.jpg'))) == 2
+    with open(tmp_path / 'res.pkl', 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 2 and 'pred_instances' in results[0]
+
+    proc = run([
+        sys.executable,
+        osp.join(TOOLS, 'test.py'),
+        str(cfg_file),
+        str(tmp_path / 'model.pth'), '--tta'
+    ],
+               cwd=tmp_path)
+    assert_clean_exit(proc, 'cannot merge instance masks')
 
 
 # ---------------------------------------------------------------------------

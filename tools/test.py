@@ -20,6 +20,7 @@ CHECKPOINT may be an mm checkpoint or one of the authors' original files
 import argparse
 import os
 import os.path as osp
+import pickle
 import sys
 import warnings
 from copy import deepcopy
@@ -137,6 +138,12 @@ def _innermost_dataset(dataset_cfg):
     return dataset_cfg
 
 
+def _has_mask_head(model_cfg):
+    return any(
+        key.endswith('mask_head') and sub is not None
+        for key, sub in launch._walk(model_cfg, 'model'))
+
+
 def apply_tta(cfg, task):
     if task == 'mmseg':
         if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
@@ -180,6 +187,13 @@ def apply_tta(cfg, task):
                 dict(type='RandomFlip', prob=0.)
             ], [last]])
         cfg.tta_pipeline = pipeline
+    if task == 'mmdet' and cfg.tta_model.get('type') in (
+            'DetTTAModel', 'mmdet.DetTTAModel') and _has_mask_head(cfg.model):
+        raise SystemExit(
+            "mmstvit: --tta: mmdet 3.3's DetTTAModel merges boxes only; it "
+            'cannot merge instance masks (mmdet fails with "TTA of instance '
+            'segmentation does not support now"). Test Mask R-CNN without '
+            '--tta.')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
@@ -199,7 +213,11 @@ def set_checkpoint(cfg, checkpoint, task):
             f'mmstvit: checkpoint not found: {checkpoint!r} (looked for '
             f'{osp.abspath(osp.expanduser(checkpoint))})')
     checkpoint = osp.expanduser(checkpoint)
-    if launch.checkpoint_format(checkpoint) == 'official':
+    try:
+        fmt = launch.checkpoint_format(checkpoint)
+    except (ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise SystemExit(f'mmstvit: cannot read {checkpoint}: {e}') from None
+    if fmt == 'official':
         cfg.load_from = launch.official_load_from(checkpoint, task)
     else:
         cfg.load_from = checkpoint
