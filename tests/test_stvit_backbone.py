@@ -88,7 +88,8 @@ def test_features_are_taken_before_the_downsample():
         outs = m(x)
         y = m.patch_embed(x)
         y = m.layers[0].forward_blocks(y)
-    assert torch.equal(outs[0], y)
+    assert torch.allclose(outs[0], y, atol=1e-5)
+    assert outs[0].is_contiguous()  # NCHW for the neck, whatever ran inside
 
 
 def test_rejects_non_image_input():
@@ -213,9 +214,9 @@ def test_official_checkpoint_loads_through_init_cfg(tmp_path):
     src = _randomise(tiny()).eval()
     path = tmp_path / 'stvit-tiny-224.pth'
     _official_like_checkpoint(src, path)
-    # torch >= 2.6 refuses the Namespace under its default weights_only=True
-    with pytest.raises(Exception):
-        torch.load(path)
+    # the file really is in the authors' format: an argparse.Namespace inside
+    raw = torch.load(path, map_location='cpu', weights_only=False)
+    assert isinstance(raw['args'], argparse.Namespace)
     dst = tiny(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     dst.init_weights()
     dst.eval()

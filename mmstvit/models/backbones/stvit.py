@@ -106,6 +106,38 @@ def fold3x3(cols: torch.Tensor, size: Tuple[int, int],
     return F.fold(cols, size, 3, padding=1)
 
 
+_OFFSETS = [(i, j) for i in range(3) for j in range(3)]
+
+
+def gather3x3(t: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) -> (B, h*w, 9, C): each cell's 3x3 neighbours (zeros off
+    the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
+
+    Nine strided slices of the padded grid: for the small super token grids
+    this is several times faster than im2col and keeps channels last.
+    """
+    B, h, w, C = t.shape
+    tp = F.pad(t, (0, 0, 1, 1, 1, 1))
+    out = torch.stack([tp[:, i:i + h, j:j + w] for i, j in _OFFSETS], 3)
+    return out.reshape(B, h * w, 9, C)
+
+
+def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
+    cell receives the sum of what its 3x3 neighbours sent to it."""
+    B, n, _, C = sent.shape
+    sent = sent.reshape(B, h, w, 9, C)
+    out = sent.new_zeros(B, h + 2, w + 2, C)
+    for k, (i, j) in enumerate(_OFFSETS):
+        out[:, i:i + h, j:j + w] += sent[:, :, :, k]
+    return out[:, 1:h + 1, 1:w + 1]
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C), a free view for channels-last maps."""
+    return x.permute(0, 2, 3, 1)
+
+
 class IdentityKernel(nn.Module):
     """Holds the (9, 1, 3, 3) identity kernel of the official Unfold/Fold.
 
@@ -218,13 +250,15 @@ class MultiheadConvAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def qkv_heads(self, x):
-        """(B, C, H, W) -> q, k, v each (B, heads, N, head_dim)."""
+        """(B, C, H, W) -> q, k, v each (B, heads, N, head_dim).
+
+        Read through the channels-last view of the qkv map, so no copy is
+        made when the network runs channels last (the default).
+        """
         B, C, H, W = x.shape
-        N = H * W
         qkv = F.conv2d(x, self.qkv.weight, self.qkv.bias)
-        qkv = qkv.reshape(B, self.num_heads, 3, self.head_dim, N)
-        qkv = qkv.transpose(-1, -2)  # (B, h, 3, N, d)
-        return qkv.unbind(2)
+        qkv = _nhwc(qkv).reshape(B, H * W, self.num_heads, 3, self.head_dim)
+        return qkv.permute(3, 0, 2, 1, 4).unbind(0)
 
     def attention_weights(self, x):
         """Softmax attention (B, heads, N_query, N_key), for visualisation."""
@@ -241,8 +275,8 @@ class MultiheadConvAttention(nn.Module):
             p = self.attn_drop.p if self.training else 0.
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=p, scale=self.scale)
-        # (B, h, N, d) -> (B, h*d, H, W)
-        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
+        out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.proj_drop(self.proj(out))
 
 
@@ -301,7 +335,6 @@ class StokenAttention(nn.Module):
         hh, ww = H // sh, W // sw
         n, P = hh * ww, sh * sw
 
-        k = self.unfold.weights
         # initial grid: the mean of each cell, (B, C, hh, ww)
         stokens = F.adaptive_avg_pool2d(x, (hh, ww))
         pixels = x.reshape(B, C, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1)
@@ -309,34 +342,45 @@ class StokenAttention(nn.Module):
 
         with torch.no_grad():
             for it in range(self.n_iter):
-                neigh = unfold3x3(stokens, k).permute(0, 3, 1, 2)  # (B,n,C,9)
+                neigh = self._neighbours(stokens)  # (B, n, C, 9)
                 assoc = ((pixels @ neigh) * self.scale).softmax(-1)
-                assoc_sum = fold3x3(
-                    assoc.sum(2).transpose(1, 2), (hh, ww), k)  # (B,1,hh,ww)
+                assoc_sum = self._scatter(
+                    assoc.sum(2).unsqueeze(-2), hh, ww)  # (B, 1, hh, ww)
                 if it < self.n_iter - 1:
-                    stokens = self._update(pixels, assoc, assoc_sum, hh, ww,
-                                           k)
-        stokens = self._update(pixels, assoc, assoc_sum, hh, ww, k)
+                    stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
+        stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
         return dict(
             pixels=pixels, assoc=assoc, assoc_sum=assoc_sum,
             stokens=stokens, grid=(hh, ww, H, W, H0, W0))
 
-    @staticmethod
-    def _update(pixels, assoc, assoc_sum, hh, ww, kernel=None):
+    def _neighbours(self, stokens):
+        """(B, C, hh, ww) -> (B, n, C, 9): the 3x3 super tokens of each cell.
+        """
+        if _tracing():  # the authors' identity-kernel convolution
+            return unfold3x3(stokens, self.unfold.weights).permute(0, 3, 1, 2)
+        return gather3x3(_nhwc(stokens)).transpose(-1, -2)
+
+    def _scatter(self, sent, hh, ww):
+        """(B, n, C, 9) -> (B, C, hh, ww): what each cell sent to each of its
+        3x3 neighbours, summed at the receiving super token."""
+        B, n, C, _ = sent.shape
+        if _tracing():
+            cols = sent.permute(0, 2, 3, 1).reshape(B, C * 9, n)
+            return fold3x3(cols, (hh, ww), self.fold.weights)
+        return scatter3x3(sent.transpose(-1, -2), hh, ww).permute(0, 3, 1, 2)
+
+    def _update(self, pixels, assoc, assoc_sum, hh, ww):
         """Super tokens as association-weighted means of their pixels."""
-        B, n, P, C = pixels.shape
         # (B, n, C, 9): what each cell's pixels send to its 9 neighbours
         sent = pixels.transpose(-1, -2) @ assoc
-        sent = sent.permute(0, 2, 3, 1).reshape(B, C * 9, n)
-        return fold3x3(sent, (hh, ww), kernel) / (assoc_sum + 1e-12)
+        return self._scatter(sent, hh, ww) / (assoc_sum + 1e-12)
 
     # -- steps 2 and 3 ------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.samples:
             return self.stoken_refine(x)
         B, C = x.shape[:2]
-        dtype = x.dtype
-        if dtype in (torch.float16, torch.bfloat16) or \
+        if x.dtype in (torch.float16, torch.bfloat16) or \
                 torch.is_autocast_enabled(x.device.type):
             # The association sums up to s*s*9 weights and its update sums
             # s*s products: both run in float32 so half precision can
@@ -348,12 +392,17 @@ class StokenAttention(nn.Module):
         hh, ww, H, W, H0, W0 = s['grid']
         sh, sw = self.stoken_size
         stokens = self.stoken_refine(s['stokens'])
+        assoc = s['assoc'].to(stokens.dtype)
         # step 3: token upsampling with the same association
-        neigh = unfold3x3(stokens, self.fold.weights).permute(0, 3, 1, 2)
-        assoc = s['assoc'].to(neigh.dtype)
-        out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
-        out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
-        out = out.reshape(B, C, H, W)
+        if _tracing():
+            neigh = unfold3x3(stokens, self.fold.weights).permute(0, 3, 1, 2)
+            out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
+            out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
+            out = out.reshape(B, C, H, W)
+        else:
+            out = assoc @ gather3x3(_nhwc(stokens))  # (B, n, P, C)
+            out = out.reshape(B, hh, ww, sh, sw, C).transpose(2, 3)
+            out = out.reshape(B, H, W, C).permute(0, 3, 1, 2)
         if H != H0 or W != W0:
             out = out[:, :, :H0, :W0]
         return out
@@ -502,6 +551,9 @@ class STViT(BaseModule):
         norm_eval (bool): Keep every BatchNorm in eval mode while training.
             Defaults to False.
         with_cp (bool): Activation checkpointing per block. Defaults False.
+        channels_last (bool): Run the network in channels-last memory
+            format (faster convolutions on CPU and tensor cores); outputs
+            are returned NCHW-contiguous either way. Defaults to True.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH, prefix=None)`` loads the authors' ImageNet file
@@ -546,6 +598,7 @@ class STViT(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 channels_last: bool = True,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         if pretrained is not None:
@@ -588,6 +641,7 @@ class STViT(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.channels_last = channels_last
 
         self.patch_embed = ConvStem(in_channels, dims[0])
         self.pos_drop = nn.Dropout(drop_rate)
@@ -699,6 +753,8 @@ class STViT(BaseModule):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'STViT got an empty image of size '
                              f'{x.shape[2]}x{x.shape[3]}')
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.layers):
