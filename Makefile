@@ -1,0 +1,19 @@
+# mmstvit: the two commands of the README, and their parts.
+#   make demo   install what is missing, then train and evaluate on the embedded toy data
+#   make test   install what is missing, then run the tests
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean-demo
+
+install:
+	PYTHON=$(PYTHON) bash tools/install.sh
+
+demo: install
+	$(PYTHON) tools/demo.py
+
+test: install
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf work_dirs/demo
