@@ -28,3 +28,12 @@ def register_all(modules):
         registry = importlib.import_module(f'{name}.registry').MODELS
         for cls in modules:
             registry.register_module(module=cls, force=True)
+
+
+def register_heads():
+    """Registers ``STViTClsHead`` in mmpretrain when mmpretrain imports."""
+    from .models.heads import STViTClsHead
+    if STViTClsHead is None:
+        return
+    registry = importlib.import_module('mmpretrain.registry').MODELS
+    registry.register_module(module=STViTClsHead, force=True)

@@ -373,33 +373,15 @@ def checkpoint_format(path: str) -> str:
     return 'other'
 
 
-def _fallback_convert(sd):
-    out = OrderedDict()
-    for k, v in sd.items():
-        k = re.sub(r'^module\.', '', k)
-        if k.startswith('head.'):
-            out['head.fc.' + k[len('head.'):]] = v
-        elif k.startswith(('proj.', 'norm.')):
-            out['head.' + k] = v
-        else:
-            out['backbone.' + k] = v
-    return out
-
-
 def convert_official(ckpt, backbone_only: bool = False) -> 'OrderedDict':
     """An mm state dict from an official checkpoint dict (its ``model``).
 
-    Uses ``mmstvit.utils.convert.convert_official_state_dict`` when it is
-    there, else the same mapping (``backbone.*``, ``head.proj/norm/fc``).
+    Keys are mapped by :func:`mmstvit.utils.convert_official_state_dict`.
     ``backbone_only`` keeps only ``backbone.*`` (detectors, segmentors).
     """
+    from mmstvit.utils.convert import convert_official_state_dict
     sd = ckpt['model'] if is_official_checkpoint(ckpt) else ckpt
-    try:
-        from mmstvit.utils.convert import convert_official_state_dict
-    except ImportError:
-        out = _fallback_convert(sd)
-    else:
-        out = convert_official_state_dict(sd)
+    out = convert_official_state_dict(sd)
     if backbone_only:
         out = OrderedDict(
             (k, v) for k, v in out.items() if k.startswith('backbone.'))
