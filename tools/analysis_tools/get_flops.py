@@ -1,0 +1,168 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""Parameters and FLOPs of a whole model built from a config.
+
+    python tools/analysis_tools/get_flops.py CONFIG [--shape H W]
+    python tools/analysis_tools/get_flops.py --all      # the paper's table
+
+The paper's protocol (DESIGN.md, section 3): mmengine's
+``get_model_complexity_info`` on the model's tensor-mode forward
+(``model._forward``) of one random input at the paper's size: 1280x800 for
+COCO (H=800, W=1280), 2048x512 for ADE20K (H=512, W=2048), 224 or 384 for
+ImageNet. One multiply-add counts as one FLOP; parameters are the trainable
+ones. With this protocol mmdet's own Mask R-CNN R50 gives the 260G / 44M that
+papers quote. ``--all`` measures every config in configs/ (not configs/toy)
+and prints it beside the paper's numbers.
+"""
+import argparse
+import copy
+import glob
+import os.path as osp
+import sys
+
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+# paper: (params M, GFLOPs) per config name
+PAPER = {
+    'mask_rcnn_stvit_s_1x': (44, 252), 'mask_rcnn_stvit_s_3x': (44, 252),
+    'mask_rcnn_stvit_b_1x': (70, 359), 'mask_rcnn_stvit_b_3x': (70, 359),
+    'mask_rcnn_stvit_l_1x': (114, 470), 'mask_rcnn_stvit_l_3x': (114, 470),
+    'upernet_stvit_s_160k_ade20k': (54, 926),
+    'upernet_stvit_b_160k_ade20k': (80, 1036),
+    'upernet_stvit_l_160k_ade20k': (125, 1151),
+    'stvit_s_in1k_224': (25, 4.4), 'stvit_s_in1k_384': (25, 14.1),
+    'stvit_b_in1k_224': (52, 9.9), 'stvit_b_in1k_384': (52, 31.5),
+    'stvit_l_in1k_224': (95, 15.6), 'stvit_l_in1k_384': (95, 49.7),
+}
+
+
+def default_shape(cfg, task):
+    """(H, W) at which the paper reports the config's FLOPs."""
+    if task == 'mmdet':
+        return (800, 1280)
+    if task == 'mmseg':
+        return (512, 2048)
+    for t in cfg.test_dataloader.dataset.pipeline:
+        if t.get('type') == 'CenterCrop':
+            size = t['crop_size']
+            return (size, size) if isinstance(size, int) else tuple(size)
+    return (224, 224)
+
+
+def build_model(cfg, task):
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    if task == 'mmdet':
+        from mmdet.registry import MODELS
+    elif task == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmpretrain.registry import MODELS
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # counting needs no weights
+    if task == 'mmseg':
+        # SyncBN cannot run outside a process group; counts are the same
+        for head in ('decode_head', 'auxiliary_head'):
+            if head in model_cfg and 'norm_cfg' in model_cfg[head]:
+                model_cfg[head].norm_cfg = dict(type='BN', requires_grad=True)
+    model = MODELS.build(model_cfg)
+    model.eval()
+    return model
+
+
+def _data_sample(task, shape):
+    h, w = shape
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                scale_factor=(1., 1.), batch_input_shape=(h, w))
+    if task == 'mmdet':
+        from mmdet.structures import DetDataSample
+        return DetDataSample(metainfo=meta)
+    if task == 'mmseg':
+        from mmseg.structures import SegDataSample
+        return SegDataSample(metainfo=meta)
+    from mmpretrain.structures import DataSample
+    return DataSample(metainfo=meta)
+
+
+def measure(config, shape=None):
+    """``dict(params=..., flops=..., shape=...)`` of the whole model."""
+    from mmengine.analysis import get_model_complexity_info
+    from mmengine.config import Config
+
+    import mmstvit  # noqa: F401
+    from mmstvit.utils.launch import detect_task
+    cfg = Config.fromfile(config)
+    task = detect_task(cfg)
+    shape = tuple(shape) if shape else default_shape(cfg, task)
+    model = build_model(cfg, task)
+    inputs = torch.randn(1, 3, *shape)
+    samples = [_data_sample(task, shape)]
+
+    class TensorForward(torch.nn.Module):
+        """``model._forward`` (mode='tensor') as a module to trace."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            if task == 'mmpretrain':
+                return self.m(x, mode='tensor')
+            return self.m._forward(x, samples)
+
+    with torch.no_grad():
+        info = get_model_complexity_info(
+            TensorForward(model), inputs=(inputs, ), show_table=False,
+            show_arch=False)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dict(params=params, flops=float(info['flops']), shape=shape,
+                task=task)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Params and FLOPs of a whole STViT model (paper protocol)')
+    parser.add_argument('config', nargs='?', help='config file')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input height and width (default: the paper\'s '
+                        'size for the task)')
+    parser.add_argument('--all', action='store_true',
+                        help='every config in configs/, beside the paper')
+    args = parser.parse_args(argv)
+    if not args.all and not args.config:
+        parser.error('give a CONFIG or --all')
+    if args.config and not osp.isfile(args.config):
+        parser.error(f'config {args.config} does not exist')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.all:
+        r = measure(args.config, args.shape)
+        print(f'config: {args.config}\ninput: {r["shape"][1]}x{r["shape"][0]}'
+              f' (W x H)\nparams: {r["params"] / 1e6:.2f} M\n'
+              f'FLOPs: {r["flops"] / 1e9:.2f} G')
+        return r
+    rows = ['| config | input (WxH) | params (paper) | params | FLOPs (paper)'
+            ' | FLOPs | diff |', '|---|---|---|---|---|---|---|']
+    results = {}
+    for path in sorted(glob.glob(osp.join(ROOT, 'configs', '*.py'))):
+        name = osp.splitext(osp.basename(path))[0]
+        r = measure(path)
+        results[name] = r
+        p_params, p_flops = PAPER.get(name, (None, None))
+        g = r['flops'] / 1e9
+        diff = f'{100 * (g - p_flops) / p_flops:+.1f}%' if p_flops else '-'
+        rows.append(
+            f'| {name} | {r["shape"][1]}x{r["shape"][0]} | {p_params}M | '
+            f'{r["params"] / 1e6:.2f}M | {p_flops}G | {g:.1f}G | {diff} |')
+        print(rows[-1], flush=True)
+    print('\n'.join(rows))
+    return results
+
+
+if __name__ == '__main__':
+    main()

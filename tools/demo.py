@@ -1,0 +1,237 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""The main job on the embedded toy data, end to end on a CPU.
+
+    python tools/demo.py [--work-dir work_dirs/demo] [--data-root data]
+
+1. writes the toy data sets if they are absent (data/toy_coco, data/toy_ade);
+2. evaluates Mask R-CNN STViT-S and UperNet STViT-S at random init
+   (``tools/test.py``), the "before" column;
+3. trains both with ``tools/train.py`` (configs/toy/*.py: the real S configs
+   with toy data, image scale and schedule);
+4. evaluates the trained models with ``tools/test.py --show-dir``;
+5. prints bbox mAP, segm mAP and mIoU before and after, and where the
+   prediction pictures are; ``<work-dir>/summary.json`` keeps them.
+
+Each step is the command a user would type, run as a subprocess; their logs
+stream to the console.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TASKS = [
+    dict(
+        name='det',
+        title='Mask R-CNN STViT-S (toy COCO)',
+        config='configs/toy/mask_rcnn_stvit_s_toy.py',
+        metrics={
+            'bbox mAP': 'coco/bbox_mAP',
+            'segm mAP': 'coco/segm_mAP'
+        }),
+    dict(
+        name='seg',
+        title='UperNet STViT-S (toy ADE)',
+        config='configs/toy/upernet_stvit_s_toy.py',
+        metrics={'mIoU': 'mIoU'}),
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train and evaluate STViT-S detection and segmentation '
+        'on the embedded toy data (CPU)')
+    parser.add_argument(
+        '--work-dir', default='work_dirs/demo', help='where runs go')
+    parser.add_argument(
+        '--data-root', default='data', help='where the toy data sets are')
+    parser.add_argument(
+        '--iters', type=int, default=None,
+        help='train this many iterations instead of the configs\' number '
+        '(a quick smoke run)')
+    parser.add_argument(
+        '--tasks', nargs='+', default=['det', 'seg'], choices=['det', 'seg'])
+    return parser.parse_args(argv)
+
+
+def run(cmd, log_name, work_dir):
+    """Runs a tool, streaming its output; stops the demo if it fails."""
+    print(f'\n$ {" ".join(cmd)}', flush=True)
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f'demo: `{" ".join(cmd)}` failed with exit code '
+                 f'{proc.returncode} (see the log above and '
+                 f'{work_dir})')
+    return time.time() - start
+
+
+def data_options(args):
+    """--cfg-options that point the toy configs at --data-root."""
+    if osp.abspath(args.data_root) == osp.join(ROOT, 'data'):
+        return []
+    coco = osp.join(osp.abspath(args.data_root), 'toy_coco') + '/'
+    ade = osp.join(osp.abspath(args.data_root), 'toy_ade') + '/'
+    return {
+        'det': [
+            f'train_dataloader.dataset.data_root={coco}',
+            f'val_dataloader.dataset.data_root={coco}',
+            f'test_dataloader.dataset.data_root={coco}',
+            f'val_evaluator.ann_file={coco}annotations/instances_val.json',
+            f'test_evaluator.ann_file={coco}annotations/instances_val.json',
+        ],
+        'seg': [
+            f'train_dataloader.dataset.data_root={ade}',
+            f'val_dataloader.dataset.data_root={ade}',
+            f'test_dataloader.dataset.data_root={ade}',
+        ]
+    }
+
+
+def random_init_checkpoint(config, path):
+    """The model of ``config`` at its (seeded) random init, saved as an mm
+    checkpoint, so that tools/test.py can evaluate it."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import mmstvit  # noqa: F401
+    from mmstvit.utils.launch import detect_task
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    task = detect_task(cfg)
+    if task == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(demo='init')),
+               path)
+
+
+def latest_metrics(test_dir):
+    """The metrics mmengine wrote for the newest test run under test_dir."""
+    files = sorted(
+        glob.glob(osp.join(test_dir, '*', '*.json')), key=osp.getmtime)
+    for path in reversed(files):
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(data, dict):
+            return data
+    raise SystemExit(f'demo: no metrics json found under {test_dir}')
+
+
+def last_checkpoint(work_dir):
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        raise SystemExit(f'demo: training wrote no checkpoint in {work_dir}')
+    with open(path) as f:
+        return f.read().strip()
+
+
+def pictures(show_dir):
+    found = []
+    for ext in ('png', 'jpg'):
+        found += glob.glob(osp.join(show_dir, '**', f'*.{ext}'),
+                           recursive=True)
+    return sorted(found)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    from mmstvit.datasets.toy_data import format_report, generate_toy_data
+    print(format_report(generate_toy_data(root=args.data_root)), flush=True)
+
+    py = sys.executable
+    opts = data_options(args)
+    summary = dict(tasks={})
+    for task in TASKS:
+        if task['name'] not in args.tasks:
+            continue
+        name = task['name']
+        wd = osp.join(args.work_dir, name)
+        wd_abs = osp.join(ROOT, wd) if not osp.isabs(wd) else wd
+        extra = list(opts[name]) if opts else []
+        train_opts = list(extra)
+        if args.iters is not None:
+            train_opts += [
+                f'train_cfg.max_iters={args.iters}',
+                f'train_cfg.val_interval={args.iters}',
+                f'default_hooks.checkpoint.interval={args.iters}'
+            ]
+        cfg_opts = (lambda o: ['--cfg-options'] + o if o else [])
+
+        init_ckpt = osp.join(wd_abs, 'random_init.pth')
+        random_init_checkpoint(task['config'], init_ckpt)
+        t_before = run([
+            py, 'tools/test.py', task['config'], init_ckpt, '--work-dir',
+            osp.join(wd, 'test_before')
+        ] + cfg_opts(extra), 'before', wd)
+        before = latest_metrics(osp.join(wd_abs, 'test_before'))
+
+        t_train = run(
+            [py, 'tools/train.py', task['config'], '--work-dir', wd] +
+            cfg_opts(train_opts), 'train', wd)
+        ckpt = last_checkpoint(wd_abs)
+
+        show_dir = osp.join(wd_abs, 'pictures')
+        t_after = run([
+            py, 'tools/test.py', task['config'], ckpt, '--work-dir',
+            osp.join(wd, 'test_after'), '--show-dir', show_dir
+        ] + cfg_opts(extra), 'after', wd)
+        after = latest_metrics(osp.join(wd_abs, 'test_after'))
+        pics = pictures(show_dir) or pictures(osp.join(wd_abs, 'test_after'))
+        summary['tasks'][name] = dict(
+            title=task['title'],
+            config=task['config'],
+            checkpoint=ckpt,
+            before={k: before.get(v) for k, v in task['metrics'].items()},
+            after={k: after.get(v) for k, v in task['metrics'].items()},
+            seconds=dict(
+                test_before=round(t_before, 1),
+                train=round(t_train, 1),
+                test_after=round(t_after, 1)),
+            pictures=pics)
+
+    summary['total_seconds'] = round(time.time() - t0, 1)
+    os.makedirs(osp.join(ROOT, args.work_dir), exist_ok=True)
+    out = osp.join(ROOT, args.work_dir, 'summary.json')
+    with open(out, 'w') as f:
+        json.dump(summary, f, indent=2)
+
+    print('\n' + '=' * 72)
+    print('mmstvit demo: STViT-S trained from random init on the toy data')
+    print(f'{"model":34s} {"metric":9s} {"before":>8s} {"after":>8s}')
+    for name, t in summary['tasks'].items():
+        for metric in t['before']:
+            b, a = t['before'][metric], t['after'][metric]
+            fmt = (lambda v: '   n/a' if v is None else f'{v:8.3f}'
+                   if metric != 'mIoU' else f'{v:8.2f}')
+            print(f'{t["title"]:34s} {metric:9s} {fmt(b)} {fmt(a)}')
+    for name, t in summary['tasks'].items():
+        pics = t['pictures']
+        print(f'{t["title"]}: {len(pics)} prediction pictures'
+              + (f', e.g. {pics[0]}' if pics else ''))
+        s = t['seconds']
+        print(f'  time: test {s["test_before"]:.0f}s, train {s["train"]:.0f}s,'
+              f' test {s["test_after"]:.0f}s')
+    print(f'total {summary["total_seconds"] / 60:.1f} min; summary: {out}')
+    print('=' * 72)
+
+
+if __name__ == '__main__':
+    main()
