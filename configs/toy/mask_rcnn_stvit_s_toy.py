@@ -8,7 +8,7 @@ data_root = 'data/toy_coco/'
 metainfo = dict(
     classes=('circle', 'rectangle', 'triangle'),
     palette=[(220, 20, 60), (0, 170, 70), (30, 90, 230)])
-max_iters = 600
+max_iters = 160
 img_scale = (320, 320)
 
 model = dict(
@@ -81,5 +81,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)

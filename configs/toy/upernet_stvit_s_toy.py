@@ -7,7 +7,7 @@ data_root = 'data/toy_ade/'
 metainfo = dict(
     classes=('background', 'circle', 'rectangle', 'triangle'),
     palette=[(0, 0, 0), (220, 20, 60), (0, 170, 70), (30, 90, 230)])
-max_iters = 400
+max_iters = 200
 crop_size = (256, 256)
 norm_cfg = dict(type='BN', requires_grad=True)
 
@@ -43,7 +43,7 @@ dataset = dict(
     seg_map_suffix='.png',
     reduce_zero_label=False)
 train_dataloader = dict(
-    batch_size=4,
+    batch_size=2,
     num_workers=0,
     persistent_workers=False,
     dataset=dict(
@@ -79,4 +79,4 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=100, max_keep_ckpts=2))
