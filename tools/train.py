@@ -134,6 +134,12 @@ def check_before_build(cfg):
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
         raise SystemExit(launch.missing_pretrained_message(missing))
+    from mmstvit.datasets.checks import DataError
+    try:
+        launch.check_datasets(cfg, launch.detect_task(cfg),
+                              splits=('train', 'val'))
+    except DataError as e:
+        raise SystemExit(f'mmstvit: {e}')
 
 
 def build_runner(cfg):

@@ -448,3 +448,73 @@ def official_load_from(path: str, task: str) -> str:
     scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
         OFFICIAL_BACKBONE_SCHEME
     return scheme + path
+
+
+# ---------------------------------------------------------------------------
+# data checks before building anything
+# ---------------------------------------------------------------------------
+
+
+def _inner_dataset(ds):
+    """The dataset dict inside wrappers (RepeatDataset, ClassBalanced...)."""
+    while isinstance(ds, dict) and 'data_root' not in ds and isinstance(
+            ds.get('dataset', None), dict):
+        ds = ds['dataset']
+    return ds
+
+
+def _seg_num_classes(ds, task) -> Optional[int]:
+    classes = (ds.get('metainfo', None) or {}).get('classes', None)
+    if classes:
+        return len(classes)
+    if task != 'mmseg':
+        return None
+    from mmseg.registry import DATASETS
+    cls = DATASETS.get(ds.get('type', ''))
+    classes = getattr(cls, 'METAINFO', {}).get('classes', None)
+    return len(classes) if classes else None
+
+
+def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
+                   max_label_maps: int = 200) -> None:
+    """Checks the data the config names, before anything is built: the data
+    roots exist, COCO annotation files are COCO, label maps hold classes in
+    range. Raises :class:`mmstvit.datasets.checks.DataError` naming the
+    config key and the fix."""
+    from mmstvit.datasets.checks import (check_coco_annotation,
+                                         check_data_root,
+                                         check_seg_label_maps)
+    seen = set()
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader', None)
+        if not isinstance(loader, dict):
+            continue
+        ds = _inner_dataset(loader.get('dataset', None))
+        if not isinstance(ds, dict):
+            continue
+        key = f'{split}_dataloader.dataset'
+        root = ds.get('data_root', None)
+        if root is not None and not is_remote(str(root)):
+            check_data_root(root, f'{key}.data_root')
+        root = '' if root is None else str(root)
+        ann = ds.get('ann_file', None)
+        if (ann and str(ds.get('type', '')).endswith('CocoDataset')
+                and not is_remote(str(ann))):
+            path = ann if osp.isabs(ann) else osp.join(root, ann)
+            if path not in seen:
+                seen.add(path)
+                check_coco_annotation(path)
+        prefix = ds.get('data_prefix', None) or {}
+        seg_dir = prefix.get('seg_map_path', None)
+        if task == 'mmseg' and seg_dir:
+            num_classes = _seg_num_classes(ds, task)
+            path = osp.join(root, seg_dir)
+            if num_classes and path not in seen:
+                seen.add(path)
+                # reduce_zero_label: stored 0 is "unlabelled", classes 1..N
+                extra = 1 if ds.get('reduce_zero_label', False) else 0
+                check_seg_label_maps(
+                    path, num_classes + extra,
+                    ignore_index=ds.get('ignore_index', 255),
+                    max_files=max_label_maps,
+                    suffix=ds.get('seg_map_suffix', '.png'))

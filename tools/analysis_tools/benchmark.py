@@ -14,9 +14,11 @@ For every model, in one process and the same conditions (fp32, eval mode,
 * one training step (forward, ``sum(mean of every output)``, backward) at
   1280x800, batch 2: its time and peak memory. On CUDA the peak is
   ``torch.cuda.max_memory_allocated`` above what was allocated before the
-  step; on the CPU it is the peak resident memory of a fresh child process
-  running that step, above its resident memory just before the step
-  (``ru_maxrss``), so allocator caches of other models do not leak in;
+  step; on the CPU the step runs (and is timed) in a fresh child process and
+  the peak is its peak resident memory during the first step (VmHWM, reset
+  just before it) above its resident memory just before it, so allocator caches of other models
+  do not leak in, and a step that runs out of memory is reported as failed
+  instead of ending the run;
 * FLOPs (mmengine's FlopAnalyzer, one multiply-add = 1 FLOP) and the GFLOP/s
   achieved at each inference setting.
 
@@ -148,17 +150,34 @@ def train_step_fn(model, x):
     return step
 
 
-def _child_train_memory(name, shape, batch, official, threads, queue):
-    """Runs in a fresh process: peak RSS growth of one training step."""
-    import resource
+def _child_train(name, shape, batch, official, threads, repeats, queue):
+    """Runs in a fresh process: one training step's peak RSS growth, then
+    the step's time over ``repeats`` more runs."""
     torch.set_num_threads(threads)
     model = build(name, DET_STOKEN if 'stvit' in name else None, official)
     model.train()
     x = torch.randn(batch, 3, *shape)
+    step = train_step_fn(model, x)
     before = _rss_kib()
-    train_step_fn(model, x)()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    queue.put(max(peak - before, 0) / 1024.)
+    _reset_peak_rss()
+    step()  # also the warm-up
+    peak = _peak_rss_kib()
+    times = time_runs(step, torch.device('cpu'), 0, repeats)
+    queue.put(dict(peak_mib=max(peak - before, 0) / 1024., times=times))
+
+
+def _reset_peak_rss():
+    """Linux: restart the process's peak RSS (VmHWM) from its current RSS."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+
+
+def _peak_rss_kib():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return float(line.split()[1])
+    raise RuntimeError('benchmark: no VmHWM in /proc/self/status')
 
 
 def _rss_kib():
@@ -167,27 +186,39 @@ def _rss_kib():
     return pages * os.sysconf('SC_PAGE_SIZE') / 1024.
 
 
-def train_memory_mib(name, device, shape, batch, model, official, threads):
+def train_step(name, device, shape, batch, official, threads, warmup,
+               repeats):
+    """``(times, peak MiB)`` of one training step (see the module doc)."""
     if device.type == 'cuda':
+        model = build(name, DET_STOKEN if 'stvit' in name else None,
+                      official).to(device)
+        model.train()  # (not chained: mmdet's Swin.train returns None)
         x = torch.randn(batch, 3, *shape, device=device)
-        torch.cuda.empty_cache()
+        step = train_step_fn(model, x)
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        train_step_fn(model, x)()
+        step()
         torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return time_runs(step, device, max(warmup - 1, 0), repeats), peak
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(
-        target=_child_train_memory,
-        args=(name, shape, batch, official, threads, queue))
+        target=_child_train,
+        args=(name, shape, batch, official, threads, repeats, queue))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
-        raise RuntimeError(f'benchmark: the memory run of {name} failed '
-                           f'(exit code {proc.exitcode})')
-    return queue.get()
+        # e.g. -9: killed by the kernel for want of memory; reported, not
+        # fatal, so the other models are still measured
+        print(f'[benchmark] the training step of {name} failed (exit code '
+              f'{proc.exitcode}'
+              f'{": out of memory?" if proc.exitcode == -9 else ""})',
+              flush=True)
+        return None, None
+    out = queue.get()
+    return out['times'], out['peak_mib']
 
 
 def parse_args(argv=None):
@@ -272,18 +303,14 @@ def run(args):
             res['flops'][key] = flops
         if not args.no_train:
             key, shape, batch = st['train']
-            model = build(name, DET_STOKEN if is_stvit else None,
-                          args.official).to(device)
-            model.train()  # (not chained: mmdet's Swin.train returns None)
-            x = torch.randn(batch, 3, *shape, device=device)
-            times = time_runs(train_step_fn(model, x), device,
-                              min(st['warmup'], 1), max(st['repeats'] // 2,
-                                                         1))
+            times, peak = train_step(name, device, shape, batch,
+                                     args.official, threads, st['warmup'],
+                                     max(st['repeats'] // 2, 1))
             res['train'] = dict(
-                setting=key, seconds=statistics.median(times),
-                seconds_min=min(times), seconds_max=max(times),
-                peak_mib=train_memory_mib(name, device, shape, batch, model,
-                                          args.official, threads))
+                setting=key, peak_mib=peak,
+                seconds=statistics.median(times) if times else None,
+                seconds_min=min(times) if times else None,
+                seconds_max=max(times) if times else None)
         res['params_m'] = sum(p.numel() for p in model.parameters()
                               if p.requires_grad) / 1e6
         results['models'][name] = res
@@ -307,8 +334,9 @@ def table(results):
             f"{inf['224_b8']['gflops_per_img']:.2f} | {ips('224_b8')} | "
             f"{ips('224_b64')} | {ips('1280x800_b1')} | "
             f"{inf['224_b8']['gflop_s']:.1f} | "
-            + (f"{tr['seconds']:.2f} s | {tr['peak_mib']:.0f} |" if tr else
-               '- | - |'))
+            + (f"{tr['seconds']:.2f} s | {tr['peak_mib']:.0f} |"
+               if tr and tr['peak_mib'] is not None else
+               'failed (out of memory?) | - |' if tr else '- | - |'))
     m = results['machine']
     rows.append('')
     rows.append(f"{m['device']} ({m['name']}, {m['threads']} threads), torch "
@@ -323,7 +351,8 @@ def table(results):
     if ours and swin:
         rows.append('STViT-S / Swin-T at 224 b8: '
                     f"{ours['inference']['224_b8']['img_s'] / swin['inference']['224_b8']['img_s']:.2f}x")
-        if 'train' in ours and 'train' in swin:
+        if ours.get('train', {}).get('peak_mib') and \
+                swin.get('train', {}).get('peak_mib'):
             rows.append('train peak memory STViT-S / Swin-T at 1280x800 b2: '
                         f"{ours['train']['peak_mib'] / swin['train']['peak_mib']:.2f}")
     return '\n'.join(rows)
