@@ -28,8 +28,8 @@ PIP=("$PYTHON" -m pip install --disable-pip-version-check
 say() { printf '\n[mmstvit install] %s\n' "$*"; }
 
 stack_ok() {
-    "$PYTHON" - <<'EOF' 2>/dev/null
-import importlib, sys
+    MMSTVIT_ROOT="$ROOT" "$PYTHON" - <<'EOF' 2>/dev/null
+import importlib, os, sys
 import setuptools, pkg_resources  # noqa: F401  (mmengine needs pkg_resources)
 assert int(setuptools.__version__.split('.')[0]) < 81
 for name in ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmcv.ops', 'mmdet',
@@ -37,6 +37,10 @@ for name in ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmcv.ops', 'mmdet',
     importlib.import_module(name)
 import mmcv
 assert mmcv.__version__ == '2.1.0', mmcv.__version__
+# mmstvit must be this checkout (not an install of another copy)
+import mmstvit
+here = os.path.realpath(os.path.join(os.environ['MMSTVIT_ROOT'], 'mmstvit'))
+assert os.path.realpath(os.path.dirname(mmstvit.__file__)) == here
 EOF
 }
 
