@@ -281,11 +281,7 @@ def main(argv=None):
         setup_cache_size_limit_of_dynamo()
 
     cfg = merge_args(cfg, args, task)
-    from mmstvit.datasets.checks import DataError
-    try:
-        launch.check_datasets(cfg, task, splits=('test', ))
-    except DataError as e:
-        raise SystemExit(f'mmstvit: {e}')
+    launch.stop_on_bad_data(cfg, task, ('test', ))
     launch.setup_cpu_distributed(cfg, args.launcher)
 
     from mmengine.registry import RUNNERS

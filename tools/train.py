@@ -134,12 +134,7 @@ def check_before_build(cfg):
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
         raise SystemExit(launch.missing_pretrained_message(missing))
-    from mmstvit.datasets.checks import DataError
-    try:
-        launch.check_datasets(cfg, launch.detect_task(cfg),
-                              splits=('train', 'val'))
-    except DataError as e:
-        raise SystemExit(f'mmstvit: {e}')
+    launch.stop_on_bad_data(cfg, launch.detect_task(cfg), ('train', 'val'))
 
 
 def build_runner(cfg):

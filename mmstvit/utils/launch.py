@@ -518,3 +518,13 @@ def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
                     ignore_index=ds.get('ignore_index', 255),
                     max_files=max_label_maps,
                     suffix=ds.get('seg_map_suffix', '.png'))
+
+
+def stop_on_bad_data(cfg, task: str, splits) -> None:
+    """:func:`check_datasets`, ending the tool with its message (exit code 1,
+    no traceback) when the data cannot be used."""
+    from mmstvit.datasets.checks import DataError
+    try:
+        check_datasets(cfg, task, splits=splits)
+    except DataError as e:
+        raise SystemExit(f'mmstvit: {e}')
