@@ -456,18 +456,28 @@ def test_too_small_images(files, model, tmp_path, capsys):
 
 
 # ------------------------------------------------- the real config files --
-REAL_CONFIGS = ['mask_rcnn_stvit_s_1x.py', 'upernet_stvit_s_160k_ade20k.py',
-                'stvit_s_in1k_224.py']
+# every task's S config: (file, stages with super tokens)
+REAL_CONFIGS = [('mask_rcnn_stvit_s_1x.py', (0, 1, 2)),
+                ('upernet_stvit_s_160k_ade20k.py', (0, 1, 2)),
+                ('stvit_s_in1k_224.py', (0, 1))]
 
 
-@pytest.mark.parametrize('name', REAL_CONFIGS)
-def test_real_config(name, tmp_path):
+@pytest.mark.parametrize('name,stages', REAL_CONFIGS,
+                         ids=[name for name, _ in REAL_CONFIGS])
+def test_real_config(name, stages, tmp_path):
     path = osp.join(ROOT, 'configs', name)
-    if not osp.isfile(path):
-        pytest.skip(f'configs/{name} is not there yet')
+    assert osp.isfile(path), f'configs/{name} is missing'
     img = make_image(tmp_path / 'photo.jpg', 200, 150)
     model = vis.build_stvit_from_config(path)
     paths = visualize_super_tokens(None, img, str(tmp_path), model=model)
-    assert paths
+    assert [osp.basename(p) for p in paths] == [
+        f'photo_stage{i}_{k}.png' for i in stages
+        for k in ('initial', 'learned')]
     for p in paths:
         assert png_size(p) == (200, 150)
+    paths, out = visualize_attention(None, img, str(tmp_path), model=model,
+                                     grid=2, return_maps=True)
+    assert len(paths) == 5
+    assert png_size(paths[0]) == (200, 150)
+    torch.testing.assert_close(out['maps'].sum((1, 2)), torch.ones(4),
+                               rtol=0, atol=1e-4)
