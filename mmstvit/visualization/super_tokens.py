@@ -221,11 +221,10 @@ def pixel_attention(attn, x: torch.Tensor, queries: torch.Tensor,
     mod = attn.stoken_refine
     if not attn.samples:
         idx = queries[:, 0] * W0 + queries[:, 1]
-        if hasattr(mod, 'qkv_heads'):  # only the query rows: less memory
-            q, k, _ = mod.qkv_heads(x)  # (1, heads, N, d)
-            w = ((q[:, :, idx] @ k.transpose(-1, -2)) * mod.scale).softmax(-1)
-        else:
-            w = mod.attention_weights(x)[:, :, idx]
+        # only the query rows of the softmax: an N x N map would not fit in
+        # memory for large images
+        q, k, _ = mod.qkv_heads(x)  # (1, heads, N, d)
+        w = ((q[:, :, idx] @ k.transpose(-1, -2)) * mod.scale).softmax(-1)
         maps = _select_head(w, head)[0].reshape(-1, H0, W0)
         return dict(maps=maps, mass=maps.sum((1, 2)))
 
@@ -332,7 +331,6 @@ def build_stvit_from_config(config, checkpoint: Optional[str] = None,
     (``state_dict`` with ``backbone.`` keys, from any of the toolboxes) or
     the authors' ImageNet file (``model`` with their key names).
     """
-    import mmstvit  # noqa: F401  (registers STViT)
     from mmstvit.models.backbones.stvit import STViT
 
     cfg, name = _load_config(config)
