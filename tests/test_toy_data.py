@@ -224,6 +224,66 @@ def test_cli(tmp_path, capsys):
     assert 'up to date' in capsys.readouterr().out
 
 
+def _hue_of_shape(path):
+    """Mean hue (0..1) of the saturated pixels: the painted shape (the
+    backgrounds are low-saturation)."""
+    import colorsys
+    rgb = np.asarray(Image.open(path).convert('RGB'), dtype=np.float32) / 255
+    hsv = np.array([colorsys.rgb_to_hsv(*px) for px in rgb.reshape(-1, 3)])
+    shape = hsv[hsv[:, 1] > 0.45]
+    assert len(shape) > 100, path  # a shape 24-48 px across is there
+    ang = shape[:, 0] * 2 * np.pi
+    return (np.arctan2(np.sin(ang).mean(), np.cos(ang).mean()) /
+            (2 * np.pi)) % 1.0
+
+
+def test_toy_cls_layout_labels_and_determinism(tmp_path):
+    out = tmp_path / 'a' / toy.TOY_CLS_DIR
+    report = toy.generate_toy_cls(out, num_train=6, num_val=3)
+    assert report['generated'] and report['num_train'] == 6
+    classes = list(toy.TOY_CLS_CLASSES)
+    # mmpretrain's CustomDataset sorts the class folders: same order
+    assert sorted(os.listdir(out / 'train')) == classes
+    for split, n in (('train', 6), ('val', 3)):
+        lines = (out / 'meta' / f'{split}.txt').read_text().splitlines()
+        assert len(lines) == n
+        for i, line in enumerate(lines):
+            rel, label = line.split()
+            assert rel == f'{classes[int(label)]}/{i:06d}.jpg'
+            img = Image.open(out / split / rel)
+            assert img.size == (toy.CLS_IMAGE_SIDE, ) * 2
+            # the image shows its class: the hue family of the label
+            diff = abs(_hue_of_shape(out / split / rel) -
+                       toy.CLASS_HUES[int(label)])
+            assert min(diff, 1 - diff) < 0.1, (rel, diff)
+        counts = [sum(int(ln.split()[1]) == c for ln in lines)
+                  for c in range(len(classes))]
+        assert max(counts) - min(counts) <= 1  # balanced
+    files = _all_files(out)
+    train = {v for k, v in files.items() if k.startswith('train/')}
+    val = {v for k, v in files.items() if k.startswith('val/')}
+    assert len(train) == 6 and len(val) == 3 and not train & val
+
+    again = toy.generate_toy_data(tmp_path / 'b', num_train=1, num_val=1,
+                                  with_cls=True)
+    assert set(again) == {toy.TOY_COCO_DIR, toy.TOY_ADE_DIR, toy.TOY_CLS_DIR}
+    # defaults are bigger: compare the first images, byte for byte
+    other = tmp_path / 'b' / toy.TOY_CLS_DIR
+    for rel in ('train/circle/000000.jpg', 'val/triangle/000002.jpg'):
+        assert (other / rel).read_bytes() == files[rel]
+    assert not toy.generate_toy_cls(out, num_train=6,
+                                    num_val=3)['generated']
+
+
+def test_cli_with_cls(tmp_path, capsys):
+    assert toy.main(['--out', str(tmp_path), '--num-train', '1',
+                     '--num-val', '1', '--with-cls']) == 0
+    out = capsys.readouterr().out
+    assert (f'toy_cls: wrote {toy.DEFAULT_CLS_NUM_TRAIN} train + '
+            f'{toy.DEFAULT_CLS_NUM_VAL} val images') in out
+    assert "type='CustomDataset'" in out
+
+
 # ---------------------------------------------------------------- checks
 def test_check_data_root(tmp_path):
     assert checks.check_data_root(tmp_path, 'data_root') == tmp_path

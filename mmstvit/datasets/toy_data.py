@@ -29,6 +29,15 @@ is what ``pycocotools`` rasterises back to the same mask, pixel for pixel.
 Placements are resampled until every visible part is one piece without
 holes and keeps at least 60% of its full area.
 
+``generate_toy_cls(out_dir)`` (not part of ``generate_toy_data`` unless
+``with_cls=True``) writes an ImageNet-style classification set, the folder
+layout of mmpretrain's ``CustomDataset``::
+
+    train/circle/000000.jpg ...      val/circle/000000.jpg ...
+    meta/train.txt  meta/val.txt     ("circle/000000.jpg 0" per line)
+
+one shape per 64x64 image, the shape being the class.
+
 Semantic labels do NOT use ADE20K's ``reduce_zero_label`` convention:
 0 is background and 1..3 are ``circle``, ``rectangle``, ``triangle``
 (:data:`TOY_SEG_CLASSES`), so a config needs ``reduce_zero_label=False``.
@@ -74,12 +83,21 @@ TOY_SEG_PALETTE = [(0, 0, 0)] + TOY_COCO_PALETTE
 
 TOY_COCO_DIR = 'toy_coco'
 TOY_ADE_DIR = 'toy_ade'
+TOY_CLS_DIR = 'toy_cls'
+#: Classes of ``toy_cls`` (one shape per image; class folders in this order).
+TOY_CLS_CLASSES = TOY_COCO_CLASSES
 MARKER = '.complete'
 IN_PROGRESS = '.in_progress'
 
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
 DEFAULT_SEED = 0
+#: Images per split of ``toy_cls`` (classes take turns: index % 3).
+DEFAULT_CLS_NUM_TRAIN = 60
+DEFAULT_CLS_NUM_VAL = 30
+#: Side of the square ``toy_cls`` images and the extent of their shape.
+CLS_IMAGE_SIDE = 64
+CLS_OBJECT_SIZE_RANGE = (24, 48)
 
 #: Image sides are drawn independently from these values (pixels).
 IMAGE_SIDES = (256, 288, 320)
@@ -93,7 +111,7 @@ CLASS_HUES = (0.0, 0.36, 0.62)
 HUE_JITTER = 0.05
 JPEG_QUALITY = 90
 
-_DATASET_IDS = {'coco': 1, 'ade': 2}
+_DATASET_IDS = {'coco': 1, 'ade': 2, 'cls': 3}
 _SPLIT_IDS = {'train': 1, 'val': 2}
 _PLACEMENT_TRIES = 60
 
@@ -572,9 +590,90 @@ def generate_toy_ade(out_dir, num_train=DEFAULT_NUM_TRAIN,
                 bytes=_dir_bytes(out_dir, files), **stats)
 
 
+def generate_cls_image(seed, split, index):
+    """One ``toy_cls`` image: a single shape of class ``index % 3`` on a
+    textured background.
+
+    Returns:
+        tuple[np.ndarray, int]: the ``(S, S, 3)`` uint8 RGB image
+        (``S = CLS_IMAGE_SIDE``) and its 0-based label.
+    """
+    rng = scene_rng(seed, 'cls', split, index)
+    label = int(index) % len(TOY_CLS_CLASSES)
+    side = CLS_IMAGE_SIDE
+    img = _background(rng, side, side)
+    for _ in range(_PLACEMENT_TRIES):
+        mask = _shape_mask(rng, label, rng.uniform(*CLS_OBJECT_SIZE_RANGE),
+                           side, side)
+        if mask is not None:
+            _paint(rng, img, mask, label)
+            return np.clip(np.rint(img), 0, 255).astype(np.uint8), label
+    raise RuntimeError(f'toy_cls: could not place a {TOY_CLS_CLASSES[label]} '
+                       f'in a {side}x{side} image (split {split!r}, image '
+                       f'{index}); CLS_OBJECT_SIZE_RANGE is too large')
+
+
+def generate_toy_cls(out_dir, num_train=DEFAULT_CLS_NUM_TRAIN,
+                     num_val=DEFAULT_CLS_NUM_VAL, seed=DEFAULT_SEED,
+                     force=False):
+    """Writes (or keeps) the ImageNet-style toy classification set.
+
+    The layout is what mmpretrain's ``CustomDataset`` reads, with or without
+    an annotation file::
+
+        dict(type='CustomDataset', data_root=out_dir, data_prefix='train')
+        dict(type='CustomDataset', data_root=out_dir,
+             ann_file='meta/val.txt', data_prefix='val')
+
+    Class ``i`` (:data:`TOY_CLS_CLASSES`) is the folder ``train/<name>``,
+    and every third image belongs to it, so the classes are balanced.
+
+    Args and returns as :func:`generate_toy_coco` (without instance counts).
+    """
+    out_dir = Path(out_dir)
+    params = dict(
+        dataset='cls', num_train=int(num_train), num_val=int(num_val),
+        seed=int(seed), side=CLS_IMAGE_SIDE)
+    splits = (('train', int(num_train)), ('val', int(num_val)))
+
+    def rel(i):
+        return (f'{TOY_CLS_CLASSES[i % len(TOY_CLS_CLASSES)]}/'
+                f'{_image_name(i)}.jpg')
+
+    files = ['.gitignore']
+    for split, n in splits:
+        files += [f'{split}/{rel(i)}' for i in range(n)]
+        files.append(f'meta/{split}.txt')
+    t0 = time.perf_counter()
+    if not force and _is_complete(out_dir, params):
+        with open(out_dir / MARKER) as f:
+            stats = json.load(f).get('stats', {})
+        return dict(path=str(out_dir), generated=False, seconds=0.0,
+                    bytes=_dir_bytes(out_dir, files), **stats)
+
+    def writer():
+        counts = {}
+        for split, n in splits:
+            lines = []
+            for i in range(n):
+                img, label = generate_cls_image(seed, split, i)
+                _write(out_dir / split / rel(i), _jpeg_bytes(img))
+                lines.append(f'{rel(i)} {label}\n')
+            _write(out_dir / f'meta/{split}.txt', ''.join(lines).encode())
+            counts[f'num_{split}'] = n
+        return counts
+
+    stats = _build(out_dir, params, files, writer)
+    return dict(path=str(out_dir), generated=True,
+                seconds=time.perf_counter() - t0,
+                bytes=_dir_bytes(out_dir, files), **stats)
+
+
 def generate_toy_data(root='data', force=False, num_train=DEFAULT_NUM_TRAIN,
-                      num_val=DEFAULT_NUM_VAL, seed=DEFAULT_SEED):
-    """Makes sure ``<root>/toy_coco`` and ``<root>/toy_ade`` exist.
+                      num_val=DEFAULT_NUM_VAL, seed=DEFAULT_SEED,
+                      with_cls=False):
+    """Makes sure ``<root>/toy_coco`` and ``<root>/toy_ade`` exist (and
+    ``<root>/toy_cls`` with ``with_cls=True``).
 
     Cheap when the data are already there (manifest check only).
 
@@ -584,17 +683,24 @@ def generate_toy_data(root='data', force=False, num_train=DEFAULT_NUM_TRAIN,
         num_train (int): Training images per dataset.
         num_val (int): Validation images per dataset.
         seed (int): Global seed; train and val use different streams.
+        with_cls (bool): Also write the classification set
+            (:func:`generate_toy_cls`, its own default sizes).
 
     Returns:
         dict: ``{'toy_coco': report, 'toy_ade': report}`` as returned by
-        :func:`generate_toy_coco` and :func:`generate_toy_ade`.
+        :func:`generate_toy_coco` and :func:`generate_toy_ade` (and
+        ``'toy_cls'``).
     """
     root = Path(root)
     kw = dict(num_train=num_train, num_val=num_val, seed=seed, force=force)
-    return {
+    reports = {
         TOY_COCO_DIR: generate_toy_coco(root / TOY_COCO_DIR, **kw),
         TOY_ADE_DIR: generate_toy_ade(root / TOY_ADE_DIR, **kw),
     }
+    if with_cls:
+        reports[TOY_CLS_DIR] = generate_toy_cls(
+            root / TOY_CLS_DIR, seed=seed, force=force)
+    return reports
 
 
 def format_report(reports):
@@ -628,12 +734,17 @@ def main(argv=None):
     parser.add_argument('--num-train', type=int, default=DEFAULT_NUM_TRAIN)
     parser.add_argument('--num-val', type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument('--seed', type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        '--with-cls', action='store_true',
+        help=f'also write the ImageNet-style classification set {TOY_CLS_DIR}'
+        f' ({DEFAULT_CLS_NUM_TRAIN} train + {DEFAULT_CLS_NUM_VAL} val '
+        f'{CLS_IMAGE_SIDE}x{CLS_IMAGE_SIDE} images)')
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_val < 1:
         parser.error('--num-train and --num-val must be at least 1')
     reports = generate_toy_data(
         args.out, force=args.force, num_train=args.num_train,
-        num_val=args.num_val, seed=args.seed)
+        num_val=args.num_val, seed=args.seed, with_cls=args.with_cls)
     for line in format_report(reports):
         print(line)
     coco, ade = (os.path.join(args.out, d, '') for d in (TOY_COCO_DIR,
@@ -646,6 +757,12 @@ def main(argv=None):
           "img_path='images/{training,validation}', "
           "seg_map_path='annotations/{training,validation}', "
           f'classes={TOY_SEG_CLASSES}, reduce_zero_label=False')
+    if args.with_cls:
+        cls = os.path.join(args.out, TOY_CLS_DIR, '')
+        print(f"classification: type='CustomDataset', data_root={cls!r}, "
+              "data_prefix='{train,val}' (optionally "
+              "ann_file='meta/{train,val}.txt'), "
+              f'classes={TOY_CLS_CLASSES}')
     return 0
 
 
