@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mmstvit.datasets.toy_data import generate_toy_data
+from mmstvit.datasets.toy_data import generate_toy_cls, generate_toy_data
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = ("dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], "
@@ -25,6 +25,7 @@ def mim(pkg):
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy')
     generate_toy_data(root=str(root), num_train=2, num_val=2)
+    generate_toy_cls(root / 'toy_cls', num_train=6, num_val=3)
     return root
 
 
@@ -119,10 +120,10 @@ model = dict(
     backbone=dict(_delete_=True, type='STViT', arch={tiny},
                   stoken_size=(4, 2, 1, 1), out_indices=(3, )),
     neck=None,
-    head=dict(_delete_=True, type='STViTClsHead', num_classes=2,
+    head=dict(_delete_=True, type='STViTClsHead', num_classes=3,
               in_channels=64, projection=32,
               loss=dict(type='CrossEntropyLoss')))
-data_preprocessor = dict(num_classes=2)
+data_preprocessor = dict(num_classes=3)
 pipe = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(64, 64)),
@@ -130,25 +131,15 @@ pipe = [
 data = dict(_delete_=True, type='CustomDataset', data_root='{root}',
             pipeline=pipe)
 train_dataloader = dict(batch_size=2, num_workers=0,
-                        persistent_workers=False, dataset=data)
+                        persistent_workers=False,
+                        dataset=dict(data_prefix='train', **data))
 val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                      dataset=data)
+                      dataset=dict(ann_file='meta/val.txt', data_prefix='val',
+                                   **data))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 """
-
-
-def _classification_folder(root):
-    """Two classes of the toy segmentation images, ImageNet-folder style."""
-    import shutil
-    out = root / 'toy_cls'
-    imgs = sorted((root / 'toy_ade' / 'images' / 'training').glob('*.jpg'))
-    for i, cls in enumerate(('a', 'b')):
-        (out / cls).mkdir(parents=True, exist_ok=True)
-        for img in imgs:
-            shutil.copy(img, out / cls / f'{i}_{img.name}')
-    return out
 
 
 CASES = {
@@ -168,7 +159,7 @@ def test_toolbox_own_config_and_tools(pkg, toy, tmp_path):
     base, template, data, metric = CASES[pkg]
     base = osp.join(mim(pkg), base)
     assert osp.isfile(base), f'{pkg} ships no {base}'
-    root = _classification_folder(toy) if data == 'toy_cls' else toy / data
+    root = toy / data
     cfg = tmp_path / f'{pkg}_stvit.py'
     cfg.write_text(
         template.format(base=base, tiny=TINY, root=root) + COMMON)

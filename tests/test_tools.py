@@ -830,3 +830,54 @@ def test_mmpretrain_dist_train_and_official_test(tmp_path):
             preds[name] = [p['pred_score'] for p in pickle.load(f)]
     for a, b in zip(*preds.values()):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------
+# bad data stops both tools before anything is built
+# ---------------------------------------------------------------------------
+
+
+def test_tools_stop_on_bad_data(tmp_path):
+    """tools/test.py on an annotation file that is not COCO and
+    tools/train.py on a label map with an out-of-range class: exit code 1,
+    the file and the fix named, no traceback, no run started. (The missing
+    data root through train.py: tests/test_data_errors.py.)"""
+    from PIL import Image
+
+    from mmstvit.datasets.toy_data import generate_toy_data
+    generate_toy_data(root=str(tmp_path), num_train=1, num_val=1)
+    coco = tmp_path / 'toy_coco'
+    (coco / 'annotations' / 'instances_val.json').write_text(
+        '{"items": []}')
+    torch.save(dict(state_dict={}, meta={}), tmp_path / 'model.pth')
+    proc = run([
+        sys.executable,
+        osp.join(TOOLS, 'test.py'), 'configs/toy/mask_rcnn_stvit_s_toy.py',
+        str(tmp_path / 'model.pth'), '--work-dir',
+        str(tmp_path / 'w_test'), '--cfg-options',
+        f'test_dataloader.dataset.data_root={coco}/'
+    ],
+               cwd=REPO)
+    assert_clean_exit(proc, 'instances_val.json', 'not a COCO')
+    assert proc.returncode == 1
+    assert not (tmp_path / 'w_test').exists()
+
+    ade = tmp_path / 'toy_ade'
+    label_map = next((ade / 'annotations' / 'training').glob('*.png'))
+    arr = np.array(Image.open(label_map))
+    arr[:4, :4] = 9  # the toy set has classes 0..3
+    Image.fromarray(arr).save(label_map)
+    opts = [
+        f'{split}_dataloader.dataset.data_root={ade}/'
+        for split in ('train', 'val', 'test')
+    ]
+    proc = run([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'), 'configs/toy/upernet_stvit_s_toy.py',
+        '--work-dir',
+        str(tmp_path / 'w_train'), '--cfg-options'
+    ] + opts,
+               cwd=REPO)
+    assert_clean_exit(proc, label_map.name, '9')
+    assert proc.returncode == 1
+    assert not (tmp_path / 'w_train').exists()
