@@ -152,6 +152,145 @@ class IdentityKernel(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# fused oneDNN kernels for CPU inference
+# ---------------------------------------------------------------------------
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+_HAS_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn,
+                                     '_convolution_pointwise')
+
+
+def _fused_cpu(*tensors: torch.Tensor) -> bool:
+    """True where oneDNN's fused convolutions can serve an eager float32
+    CPU forward that needs no gradient: channels-last maps, no autocast,
+    not traced or compiled (those see the plain ops and fuse by
+    themselves)."""
+    if _compiling() or _tracing() or not _HAS_POINTWISE or \
+            not torch.backends.mkldnn.enabled:
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if torch.is_autocast_enabled('cpu'):
+        return False
+    return all(
+        t.device.type == 'cpu' and t.dtype == torch.float32 and (
+            t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last))
+        for t in tensors)
+
+
+def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
+              bias: Optional[torch.Tensor], stride: int = 1,
+              padding: int = 0) -> torch.Tensor:
+    """``gelu(conv2d(x))``: one oneDNN call with GELU (erf) as its post-op
+    on CPU inference, the two ops otherwise."""
+    if _fused_cpu(x, weight):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], 1, 'gelu',
+            [], 'none')
+    return F.gelu(F.conv2d(x, weight, bias, stride, padding))
+
+
+def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``acc + conv1x1(x)``; on CPU inference the convolution accumulates
+    into ``acc`` in place (one oneDNN call, no new map), so ``acc`` must be
+    a tensor the caller owns."""
+    if _fused_cpu(acc, x, weight) and acc.shape[1] == weight.shape[0]:
+        return torch.ops.mkldnn._convolution_pointwise_(
+            acc, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
+            None, [], None)
+    return acc + F.conv2d(x, weight, bias)
+
+
+def _no_grad_needed(*tensors: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() or not any(
+        t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------
+# memory-lean autograd functions (training)
+# ---------------------------------------------------------------------------
+
+
+class _GELUDepthwiseConv(torch.autograd.Function):
+    """``conv2d(gelu(a), weight, bias, groups=channels)`` that keeps ``a``
+    and recomputes ``gelu(a)`` in backward instead of storing it.
+
+    Autograd would keep both the GELU input (for GELU's backward) and its
+    output (for the convolution's weight gradient): two copies of the
+    4x-wide hidden map of every ConvFFN. Recomputing the GELU is one
+    elementwise pass; the values and gradients are those of the two ops.
+    """
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, padding: int):
+        ctx.save_for_backward(a, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(F.gelu(a), weight, bias, 1, padding, 1, a.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, weight = ctx.saved_tensors
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        p = ctx.padding
+        gy, gw, gb = torch.ops.aten.convolution_backward(
+            grad, F.gelu(a), weight,
+            [weight.shape[0]] if ctx.has_bias else None, [1, 1], [p, p],
+            [1, 1], False, [0, 0], a.shape[1],
+            [need_a, need_w, need_b and ctx.has_bias])
+        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
+        return ga, gw, gb, None
+
+
+class _GELUBatchNorm(torch.autograd.Function):
+    """``batch_norm(gelu(a))`` in training mode, keeping ``a`` and
+    recomputing ``gelu(a)`` in backward (the stem's conv -> GELU -> BN at
+    full and half resolution). Running statistics are updated as
+    ``nn.BatchNorm2d`` does (the caller passes the averaging factor)."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, running_mean, running_var,
+                factor: float, eps: float):
+        out, mean, invstd = torch.ops.aten.native_batch_norm(
+            F.gelu(a), weight, bias, running_mean, running_var, True,
+            factor, eps)[:3]
+        ctx.save_for_backward(a, weight, mean, invstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, weight, mean, invstd = ctx.saved_tensors
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(memory_format=_memory_format(a)), F.gelu(a),
+            weight, None, None, mean, invstd, True, ctx.eps,
+            [need_a, need_w and weight is not None,
+             need_b and weight is not None])
+        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
+        return ga, gw, gb, None, None, None, None
+
+
+def _memory_format(t: torch.Tensor):
+    return torch.channels_last if t.dim() == 4 and \
+        t.is_contiguous(memory_format=torch.channels_last) and \
+        not t.is_contiguous() else torch.contiguous_format
+
+
+def _lean_autograd(*tensors) -> bool:
+    """Use the memory-lean functions: eager training with gradients."""
+    return torch.is_grad_enabled() and not _tracing() and any(
+        t is not None and t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------
 
@@ -185,14 +324,20 @@ class ResDWC(nn.Module):
         self.conv = nn.Conv2d(
             dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
 
-    def forward(self, x):
-        if _tracing():
-            return x + self.conv(x)
+    def folded_weight(self) -> torch.Tensor:
+        """The depthwise kernel with 1 added at the centre tap."""
         w = self.conv.weight
         c = self.kernel_size // 2
         delta = torch.zeros_like(w)
         delta[:, :, c, c] = 1
-        return F.conv2d(x, w + delta, self.conv.bias, 1, c, 1, self.dim)
+        return w + delta
+
+    def forward(self, x):
+        if _tracing():
+            return x + self.conv(x)
+        c = self.kernel_size // 2
+        return F.conv2d(x, self.folded_weight(), self.conv.bias, 1, c, 1,
+                        self.dim)
 
 
 class ConvFFN(nn.Module):
@@ -206,24 +351,62 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x, bn: Optional[_BatchNorm] = None):
+    def _fc1_folded(self, bn: _BatchNorm):
+        """fc1's weight and bias with an eval-mode BatchNorm before it folded
+        in (exact up to rounding)."""
+        inv = torch.rsqrt(bn.running_var + bn.eps)
+        scale = bn.weight * inv if bn.affine else inv
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            shift = shift + bn.bias
+        w = self.fc1.weight * scale.view(1, -1, 1, 1)
+        b = self.fc1.bias + (self.fc1.weight.flatten(1) @ shift)
+        return w, b
+
+    def forward(self, x, bn: Optional[_BatchNorm] = None,
+                identity: Optional[torch.Tensor] = None,
+                gamma: Optional[torch.Tensor] = None):
+        """``fc2(dwconv(gelu(fc1(bn(x)))))``, times ``gamma`` (layer scale,
+        (1, C, 1, 1)) and plus ``identity`` when they are given.
+
+        ``identity`` may be overwritten with the sum when no gradient is
+        needed: pass only a tensor you own.
+        """
         if bn is not None and not bn.training and not _tracing():
             # inference: fold the preceding BatchNorm into fc1 (exact).
-            inv = torch.rsqrt(bn.running_var + bn.eps)
-            scale = bn.weight * inv if bn.affine else inv
-            shift = -bn.running_mean * scale
-            if bn.affine:
-                shift = shift + bn.bias
-            w = self.fc1.weight * scale.view(1, -1, 1, 1)
-            b = self.fc1.bias + (self.fc1.weight.flatten(1) @ shift)
-            x = F.conv2d(x, w, b)
+            w, b = self._fc1_folded(bn)
+            if not self.training or not self.drop.p:
+                x = conv_gelu(x, w, b)
+            else:
+                x = self.drop(self.act1(F.conv2d(x, w, b)))
+            x = self.conv(x)
         else:
             if bn is not None:
                 x = bn(x)
             x = self.fc1(x)
-        x = self.drop(self.act1(x))
-        x = self.conv(x)
-        return self.drop(self.fc2(x))
+            conv = self.conv.conv
+            if (not self.drop.p or not self.training) and _lean_autograd(
+                    x, conv.weight, conv.bias):
+                # GELU -> residual depthwise conv, GELU's output not stored
+                x = _GELUDepthwiseConv.apply(x, self.conv.folded_weight(),
+                                             conv.bias,
+                                             self.conv.kernel_size // 2)
+            else:
+                x = self.drop(self.act1(x))
+                x = self.conv(x)
+        w2, b2 = self.fc2.weight, self.fc2.bias
+        if identity is None:
+            y = self.drop(F.conv2d(x, w2, b2))
+            return y if gamma is None else gamma * y
+        if not self.training or not self.drop.p:
+            if gamma is not None:  # gamma * fc2(x) = (gamma fc2)(x)
+                w2 = w2 * gamma.view(-1, 1, 1, 1)
+                b2 = b2 * gamma.view(-1) if b2 is not None else None
+            if _no_grad_needed(identity, x, w2):
+                return add_conv1x1_(identity, x, w2, b2)
+            return identity + F.conv2d(x, w2, b2)
+        y = self.drop(F.conv2d(x, w2, b2))
+        return identity + (y if gamma is None else gamma * y)
 
 
 class MultiheadConvAttention(nn.Module):
@@ -265,7 +448,11 @@ class MultiheadConvAttention(nn.Module):
         q, k, _ = self.qkv_heads(x)
         return ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
 
-    def forward(self, x):
+    def forward(self, x, identity: Optional[torch.Tensor] = None,
+                gamma: Optional[torch.Tensor] = None):
+        """Attention output, times ``gamma`` (layer scale, (1, C, 1, 1)) and
+        plus ``identity`` when given (``identity`` may be overwritten with
+        the sum when no gradient is needed: pass only a tensor you own)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
         if _tracing():
@@ -277,7 +464,20 @@ class MultiheadConvAttention(nn.Module):
                 q, k, v, dropout_p=p, scale=self.scale)
         # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return self.proj_drop(self.proj(out))
+        w, b = self.proj.weight, self.proj.bias
+        if gamma is not None and not _tracing():
+            # gamma * proj(out) = (gamma proj)(out), dropout commutes
+            w = w * gamma.view(-1, 1, 1, 1)
+            b = b * gamma.view(-1) if b is not None else None
+            gamma = None
+        if identity is not None and not (self.training and
+                                         self.proj_drop.p) and \
+                _no_grad_needed(identity, out, w):
+            return add_conv1x1_(identity, out, w, b)
+        y = self.proj_drop(F.conv2d(out, w, b))
+        if gamma is not None:
+            y = gamma * y
+        return y if identity is None else identity + y
 
 
 class StokenAttention(nn.Module):
@@ -376,9 +576,13 @@ class StokenAttention(nn.Module):
         return self._scatter(sent, hh, ww) / (assoc_sum + 1e-12)
 
     # -- steps 2 and 3 ------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None,
+                gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Super token attention of ``x``, times ``gamma`` (layer scale) and
+        plus ``identity`` when they are given; ``identity`` may be
+        overwritten with the sum when no gradient is needed."""
         if not self.samples:
-            return self.stoken_refine(x)
+            return self.stoken_refine(x, identity, gamma)
         B, C = x.shape[:2]
         if x.dtype in (torch.float16, torch.bfloat16) or \
                 torch.is_autocast_enabled(x.device.type):
@@ -391,7 +595,8 @@ class StokenAttention(nn.Module):
             s = self.associate(x)
         hh, ww, H, W, H0, W0 = s['grid']
         sh, sw = self.stoken_size
-        stokens = self.stoken_refine(s['stokens'])
+        # layer scale is per channel: it commutes with the upsampling
+        stokens = self.stoken_refine(s['stokens'], gamma=gamma)
         assoc = s['assoc'].to(stokens.dtype)
         # step 3: token upsampling with the same association
         if _tracing():
@@ -401,11 +606,18 @@ class StokenAttention(nn.Module):
             out = out.reshape(B, C, H, W)
         else:
             out = assoc @ gather3x3(_nhwc(stokens))  # (B, n, P, C)
-            out = out.reshape(B, hh, ww, sh, sw, C).transpose(2, 3)
+            out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
+            if identity is not None and H == H0 and W == W0 and \
+                    identity.is_contiguous(
+                        memory_format=torch.channels_last) and \
+                    _no_grad_needed(identity, out):
+                # add the cells into the residual map in place, no copy
+                _nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
+                return identity
             out = out.reshape(B, H, W, C).permute(0, 3, 1, 2)
         if H != H0 or W != W0:
             out = out[:, :, :H0, :W0]
-        return out
+        return out if identity is None else identity + out
 
 
 class STViTBlock(nn.Module):
@@ -434,14 +646,22 @@ class STViTBlock(nn.Module):
 
     def forward(self, x):
         x = self.pos_embed(x)
-        y = self.attn(self.norm1(x))
-        if self.layer_scale:
-            y = self.gamma_1 * y
-        x = x + self.drop_path(y)
-        y = self.mlp2(x, bn=self.norm2)
-        if self.layer_scale:
-            y = self.gamma_2 * y
-        return x + self.drop_path(y)
+        if _tracing() or (self.training and
+                          isinstance(self.drop_path, DropPath)):
+            y = self.attn(self.norm1(x))
+            if self.layer_scale:
+                y = self.gamma_1 * y
+            x = x + self.drop_path(y)
+            y = self.mlp2(x, bn=self.norm2)
+            if self.layer_scale:
+                y = self.gamma_2 * y
+            return x + self.drop_path(y)
+        # No stochastic depth: each branch adds itself to the residual (in
+        # place when no gradient is needed: x is pos_embed's own output).
+        x = self.attn(self.norm1(x), identity=x,
+                      gamma=self.gamma_1 if self.layer_scale else None)
+        return self.mlp2(x, bn=self.norm2, identity=x,
+                         gamma=self.gamma_2 if self.layer_scale else None)
 
 
 class ConvBN(nn.Module):
@@ -482,7 +702,38 @@ class ConvStem(nn.Module):
         self.proj = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.proj(x)
+        layers = list(self.proj)
+        for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
+            plain_bn = type(bn) is nn.BatchNorm2d
+            if not bn.training and plain_bn and bn.track_running_stats and \
+                    _fused_cpu(x, conv.weight):
+                # inference: conv + GELU in one oneDNN call, then the
+                # BatchNorm's affine map in place on that fresh output
+                x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
+                              conv.padding[0])
+                inv = torch.rsqrt(bn.running_var + bn.eps)
+                scale = bn.weight * inv if bn.affine else inv
+                shift = -bn.running_mean * scale
+                if bn.affine:
+                    shift = shift + bn.bias
+                x = x.mul_(scale.view(1, -1, 1, 1)).add_(
+                    shift.view(1, -1, 1, 1))
+                continue
+            x = conv(x)
+            if plain_bn and bn.training and bn.track_running_stats and \
+                    _lean_autograd(x, bn.weight):
+                # GELU -> BN without storing GELU's output (the largest
+                # maps of the network); SyncBN and frozen BN take the
+                # modules' own path.
+                bn.num_batches_tracked.add_(1)
+                factor = (1. / float(bn.num_batches_tracked)
+                          if bn.momentum is None else bn.momentum)
+                x = _GELUBatchNorm.apply(x, bn.weight, bn.bias,
+                                         bn.running_mean, bn.running_var,
+                                         factor, bn.eps)
+            else:
+                x = bn(act(x))
+        return x
 
 
 class STViTStage(nn.Module):
