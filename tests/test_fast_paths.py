@@ -47,7 +47,7 @@ def plain_ops(monkeypatch):
 
     def use():
         monkeypatch.setattr(S, '_lean_autograd', lambda *t: False)
-        monkeypatch.setattr(S, '_fused_cpu', lambda *t: False)
+        monkeypatch.setattr(S, '_fused_cpu', lambda *a, **k: False)
 
     return use
 
@@ -185,15 +185,23 @@ def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
     real = S.conv_gelu
 
     def spy(*args, **kw):
-        calls.append(S._fused_cpu(args[0], args[1]))
+        calls.append(S._fused_cpu((args[0], ), (args[1], )))
         return real(*args, **kw)
 
     monkeypatch.setattr(S, 'conv_gelu', spy)
     model = tiny().eval()
+    stem_bn_calls = []
+    for mod in model.patch_embed.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.register_forward_hook(
+                lambda *a: stem_bn_calls.append(1))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         model(x)
-    assert calls and all(calls) == S._HAS_POINTWISE
+    # every ConvFFN and all four stem convolutions, fused
+    assert len(calls) == sum(TINY['depths']) + 4
+    assert all(calls) == S._HAS_POINTWISE
+    assert len(stem_bn_calls) == (0 if S._HAS_POINTWISE else 4)
     calls.clear()
     model(x.requires_grad_())  # eval, but the input wants a gradient
     assert calls and not any(calls)

@@ -4,7 +4,8 @@
 Used only by the equivalence check and the benchmark, to compare our
 implementation with the authors' one on the same machine. Their file is
 never shipped with mmstvit: clone github.com/hhb072/STViT yourself and pass
-``--official-src STViT/models/stvit.py``. Their file imports timm, fvcore
+``--official-src STViT/models/stvit.py`` to
+tools/analysis_tools/check_official.py. Their file imports timm, fvcore
 and scipy for things the model does not need at run time (a registry
 decorator, FLOP printing); those imports are satisfied with small stand-ins
 so that no extra package has to be installed.

@@ -166,22 +166,24 @@ _HAS_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
                                      '_convolution_pointwise')
 
 
-def _fused_cpu(*tensors: torch.Tensor) -> bool:
+def _fused_cpu(maps: Sequence[torch.Tensor],
+               params: Sequence[torch.Tensor] = ()) -> bool:
     """True where oneDNN's fused convolutions can serve an eager float32
-    CPU forward that needs no gradient: channels-last maps, no autocast,
-    not traced or compiled (those see the plain ops and fuse by
+    CPU forward that needs no gradient: channels-last ``maps``, no
+    autocast, not traced or compiled (those see the plain ops and fuse by
     themselves)."""
     if _compiling() or _tracing() or not _HAS_POINTWISE or \
             not torch.backends.mkldnn.enabled:
         return False
+    tensors = tuple(maps) + tuple(params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if torch.is_autocast_enabled('cpu'):
         return False
-    return all(
-        t.device.type == 'cpu' and t.dtype == torch.float32 and (
-            t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last))
-        for t in tensors)
+    return all(t.device.type == 'cpu' and t.dtype == torch.float32
+               for t in tensors) and all(
+                   t.dim() == 4 and t.is_contiguous(
+                       memory_format=torch.channels_last) for t in maps)
 
 
 def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
@@ -189,7 +191,7 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
               padding: int = 0) -> torch.Tensor:
     """``gelu(conv2d(x))``: one oneDNN call with GELU (erf) as its post-op
     on CPU inference, the two ops otherwise."""
-    if _fused_cpu(x, weight):
+    if _fused_cpu((x, ), (weight, )):
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], 1, 'gelu',
             [], 'none')
@@ -201,7 +203,7 @@ def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     """``acc + conv1x1(x)``; on CPU inference the convolution accumulates
     into ``acc`` in place (one oneDNN call, no new map), so ``acc`` must be
     a tensor the caller owns."""
-    if _fused_cpu(acc, x, weight) and acc.shape[1] == weight.shape[0]:
+    if _fused_cpu((acc, x), (weight, )) and acc.shape[1] == weight.shape[0]:
         return torch.ops.mkldnn._convolution_pointwise_(
             acc, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
             None, [], None)
@@ -706,7 +708,7 @@ class ConvStem(nn.Module):
         for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
             plain_bn = type(bn) is nn.BatchNorm2d
             if not bn.training and plain_bn and bn.track_running_stats and \
-                    _fused_cpu(x, conv.weight):
+                    _fused_cpu((x, ), (conv.weight, )):
                 # inference: conv + GELU in one oneDNN call, then the
                 # BatchNorm's affine map in place on that fresh output
                 x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
