@@ -210,6 +210,18 @@ def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return acc + F.conv2d(x, weight, bias)
 
 
+def _bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` for
+    a BatchNorm in eval mode (running statistics)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        scale = bn.weight * scale
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 def _no_grad_needed(*tensors: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() or not any(
         t.requires_grad for t in tensors)
@@ -356,11 +368,7 @@ class ConvFFN(nn.Module):
     def _fc1_folded(self, bn: _BatchNorm):
         """fc1's weight and bias with an eval-mode BatchNorm before it folded
         in (exact up to rounding)."""
-        inv = torch.rsqrt(bn.running_var + bn.eps)
-        scale = bn.weight * inv if bn.affine else inv
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            shift = shift + bn.bias
+        scale, shift = _bn_scale_shift(bn)
         w = self.fc1.weight * scale.view(1, -1, 1, 1)
         b = self.fc1.bias + (self.fc1.weight.flatten(1) @ shift)
         return w, b
@@ -679,9 +687,9 @@ class ConvBN(nn.Module):
         conv, bn = self.proj
         if bn.training or _tracing():
             return bn(conv(x))
-        inv = torch.rsqrt(bn.running_var + bn.eps) * bn.weight
-        w = conv.weight * inv.view(-1, 1, 1, 1)
-        b = (conv.bias - bn.running_mean) * inv + bn.bias
+        scale, shift = _bn_scale_shift(bn)
+        w = conv.weight * scale.view(-1, 1, 1, 1)
+        b = conv.bias * scale + shift
         return F.conv2d(x, w, b, 2, 1)
 
 
@@ -713,11 +721,7 @@ class ConvStem(nn.Module):
                 # BatchNorm's affine map in place on that fresh output
                 x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
                               conv.padding[0])
-                inv = torch.rsqrt(bn.running_var + bn.eps)
-                scale = bn.weight * inv if bn.affine else inv
-                shift = -bn.running_mean * scale
-                if bn.affine:
-                    shift = shift + bn.bias
+                scale, shift = _bn_scale_shift(bn)
                 x = x.mul_(scale.view(1, -1, 1, 1)).add_(
                     shift.view(1, -1, 1, 1))
                 continue
