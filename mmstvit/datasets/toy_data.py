@@ -458,6 +458,22 @@ def _build(out_dir, params, files, writer):
     return stats
 
 
+def _generate(out_dir, params, files, writer, force):
+    """The report of a generator: ``out_dir`` as it is when a finished run
+    with these ``params`` is there (unless ``force``), else after running
+    ``writer`` under :func:`_build`."""
+    t0 = time.perf_counter()
+    if not force and _is_complete(out_dir, params):
+        with open(out_dir / MARKER) as f:
+            stats = json.load(f).get('stats', {})
+        return dict(path=str(out_dir), generated=False, seconds=0.0,
+                    bytes=_dir_bytes(out_dir, files), **stats)
+    stats = _build(out_dir, params, files, writer)
+    return dict(path=str(out_dir), generated=True,
+                seconds=time.perf_counter() - t0,
+                bytes=_dir_bytes(out_dir, files), **stats)
+
+
 def _dir_bytes(out_dir, files):
     return sum((out_dir / p).stat().st_size for p in files)
 
@@ -498,13 +514,6 @@ def generate_toy_coco(out_dir, num_train=DEFAULT_NUM_TRAIN,
     for split, n in splits:
         files += [f'{split}/{_image_name(i)}.jpg' for i in range(n)]
         files.append(f'annotations/instances_{split}.json')
-    t0 = time.perf_counter()
-    if not force and _is_complete(out_dir, params):
-        with open(out_dir / MARKER) as f:
-            stats = json.load(f).get('stats', {})
-        return dict(path=str(out_dir), generated=False, seconds=0.0,
-                    bytes=_dir_bytes(out_dir, files), **stats)
-
     def writer():
         counts = {}
         for split, n in splits:
@@ -538,10 +547,7 @@ def generate_toy_coco(out_dir, num_train=DEFAULT_NUM_TRAIN,
             counts['num_instances_train'] + counts['num_instances_val'])
         return counts
 
-    stats = _build(out_dir, params, files, writer)
-    return dict(path=str(out_dir), generated=True,
-                seconds=time.perf_counter() - t0,
-                bytes=_dir_bytes(out_dir, files), **stats)
+    return _generate(out_dir, params, files, writer, force)
 
 
 def generate_toy_ade(out_dir, num_train=DEFAULT_NUM_TRAIN,
@@ -564,13 +570,6 @@ def generate_toy_ade(out_dir, num_train=DEFAULT_NUM_TRAIN,
         for i in range(n):
             files.append(f'images/{folder}/{_image_name(i)}.jpg')
             files.append(f'annotations/{folder}/{_image_name(i)}.png')
-    t0 = time.perf_counter()
-    if not force and _is_complete(out_dir, params):
-        with open(out_dir / MARKER) as f:
-            stats = json.load(f).get('stats', {})
-        return dict(path=str(out_dir), generated=False, seconds=0.0,
-                    bytes=_dir_bytes(out_dir, files), **stats)
-
     def writer():
         counts = {}
         for split, folder, n in splits:
@@ -584,10 +583,7 @@ def generate_toy_ade(out_dir, num_train=DEFAULT_NUM_TRAIN,
             counts[f'num_{split}'] = n
         return counts
 
-    stats = _build(out_dir, params, files, writer)
-    return dict(path=str(out_dir), generated=True,
-                seconds=time.perf_counter() - t0,
-                bytes=_dir_bytes(out_dir, files), **stats)
+    return _generate(out_dir, params, files, writer, force)
 
 
 def generate_cls_image(seed, split, index):
@@ -644,13 +640,6 @@ def generate_toy_cls(out_dir, num_train=DEFAULT_CLS_NUM_TRAIN,
     for split, n in splits:
         files += [f'{split}/{rel(i)}' for i in range(n)]
         files.append(f'meta/{split}.txt')
-    t0 = time.perf_counter()
-    if not force and _is_complete(out_dir, params):
-        with open(out_dir / MARKER) as f:
-            stats = json.load(f).get('stats', {})
-        return dict(path=str(out_dir), generated=False, seconds=0.0,
-                    bytes=_dir_bytes(out_dir, files), **stats)
-
     def writer():
         counts = {}
         for split, n in splits:
@@ -663,10 +652,7 @@ def generate_toy_cls(out_dir, num_train=DEFAULT_CLS_NUM_TRAIN,
             counts[f'num_{split}'] = n
         return counts
 
-    stats = _build(out_dir, params, files, writer)
-    return dict(path=str(out_dir), generated=True,
-                seconds=time.perf_counter() - t0,
-                bytes=_dir_bytes(out_dir, files), **stats)
+    return _generate(out_dir, params, files, writer, force)
 
 
 def generate_toy_data(root='data', force=False, num_train=DEFAULT_NUM_TRAIN,
