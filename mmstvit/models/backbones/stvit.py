@@ -210,6 +210,32 @@ def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return acc + F.conv2d(x, weight, bias)
 
 
+def project_residual(x: torch.Tensor, proj: nn.Conv2d, drop: nn.Dropout,
+                     identity: Optional[torch.Tensor] = None,
+                     gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``identity + gamma * drop(proj(x))`` for a 1x1 ``proj``, without the
+    terms that are not given.
+
+    Layer scale ``gamma`` ((1, C, 1, 1)) is folded into ``proj``'s weight and
+    bias (per channel, it commutes with dropout) except under tracing, which
+    keeps the reference graph. When no gradient is needed and dropout is off,
+    ``proj`` accumulates into ``identity`` in place (:func:`add_conv1x1_`):
+    pass only an ``identity`` you own.
+    """
+    w, b = proj.weight, proj.bias
+    if gamma is not None and not _tracing():
+        w = w * gamma.view(-1, 1, 1, 1)
+        b = b * gamma.view(-1) if b is not None else None
+        gamma = None
+    if identity is not None and not (drop.training and drop.p) and \
+            _no_grad_needed(identity, x, w):
+        return add_conv1x1_(identity, x, w, b)
+    y = drop(F.conv2d(x, w, b))
+    if gamma is not None:
+        y = gamma * y
+    return y if identity is None else identity + y
+
+
 def _bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` for
     a BatchNorm in eval mode (running statistics)."""
@@ -404,19 +430,7 @@ class ConvFFN(nn.Module):
             else:
                 x = self.drop(self.act1(x))
                 x = self.conv(x)
-        w2, b2 = self.fc2.weight, self.fc2.bias
-        if identity is None:
-            y = self.drop(F.conv2d(x, w2, b2))
-            return y if gamma is None else gamma * y
-        if not self.training or not self.drop.p:
-            if gamma is not None:  # gamma * fc2(x) = (gamma fc2)(x)
-                w2 = w2 * gamma.view(-1, 1, 1, 1)
-                b2 = b2 * gamma.view(-1) if b2 is not None else None
-            if _no_grad_needed(identity, x, w2):
-                return add_conv1x1_(identity, x, w2, b2)
-            return identity + F.conv2d(x, w2, b2)
-        y = self.drop(F.conv2d(x, w2, b2))
-        return identity + (y if gamma is None else gamma * y)
+        return project_residual(x, self.fc2, self.drop, identity, gamma)
 
 
 class MultiheadConvAttention(nn.Module):
@@ -474,20 +488,8 @@ class MultiheadConvAttention(nn.Module):
                 q, k, v, dropout_p=p, scale=self.scale)
         # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        w, b = self.proj.weight, self.proj.bias
-        if gamma is not None and not _tracing():
-            # gamma * proj(out) = (gamma proj)(out), dropout commutes
-            w = w * gamma.view(-1, 1, 1, 1)
-            b = b * gamma.view(-1) if b is not None else None
-            gamma = None
-        if identity is not None and not (self.training and
-                                         self.proj_drop.p) and \
-                _no_grad_needed(identity, out, w):
-            return add_conv1x1_(identity, out, w, b)
-        y = self.proj_drop(F.conv2d(out, w, b))
-        if gamma is not None:
-            y = gamma * y
-        return y if identity is None else identity + y
+        return project_residual(out, self.proj, self.proj_drop, identity,
+                                gamma)
 
 
 class StokenAttention(nn.Module):
