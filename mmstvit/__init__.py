@@ -3,13 +3,16 @@
 
 ``custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)``
 in a config makes ``type='STViT'`` available to mmdet, mmseg and mmpretrain.
+
+Importing mmstvit imports torch and mmengine only: ``STViT`` goes into
+mmengine's root registry (which every toolbox's registry falls back to) and
+each toolbox gets mmstvit's modules registered when it is itself imported
+(see :mod:`mmstvit.registry`).
 """
 from .version import __version__
-from .utils import compat  # noqa: F401  (mmengine checkpoints on torch>=2.6)
 from .models import STViT, StokenAttention
-from .registry import register_all, register_heads
+from .registry import install_hooks
 
-register_all([STViT])
-register_heads()
+install_hooks()
 
 __all__ = ['__version__', 'STViT', 'StokenAttention']
