@@ -7,12 +7,24 @@ in a config makes ``type='STViT'`` available to mmdet, mmseg and mmpretrain.
 Importing mmstvit imports torch and mmengine only: ``STViT`` goes into
 mmengine's root registry (which every toolbox's registry falls back to) and
 each toolbox gets mmstvit's modules registered when it is itself imported
-(see :mod:`mmstvit.registry`).
+(see :mod:`mmstvit.registry`), and mmengine's checkpoint loaders are
+replaced by mmstvit's weights-only reader when mmengine imports them (see
+:mod:`mmstvit.utils.checkpoint`).
 """
 from .version import __version__
 from .models import STViT, StokenAttention
-from .registry import install_hooks
+from .registry import install_hooks, when_imported
 
 install_hooks()
+
+
+def _safe_mmengine_loaders(_module):
+    # every weights file mmengine reads (load_from, resume, Pretrained inits,
+    # inferencers) goes through mmstvit's weights-only reader
+    from .utils.checkpoint import install_mmengine_loaders
+    install_mmengine_loaders()
+
+
+when_imported('mmengine.runner.checkpoint', _safe_mmengine_loaders)
 
 __all__ = ['__version__', 'STViT', 'StokenAttention']

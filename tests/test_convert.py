@@ -18,6 +18,7 @@ from mmengine.runner import load_checkpoint
 
 import mmstvit  # noqa: F401
 from mmstvit.utils import convert_official_state_dict
+from mmstvit.utils.checkpoint import load_checkpoint_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONVERTER = osp.join(ROOT, 'tools', 'model_converters', 'stvit_to_mm.py')
@@ -103,7 +104,7 @@ def test_converted_official_file_loads_every_tensor_unchanged(tmp_path):
                              ('model_ema', ema, ['--ema'])):
         dst = tmp_path / f'{which}_mm.pth'
         tool.main([str(src), str(dst)] + flags)
-        ckpt = torch.load(dst, map_location='cpu', weights_only=False)
+        ckpt = load_checkpoint_file(dst, map_location='cpu')
         assert ckpt['meta']['weights'] == which
         assert ckpt['meta']['converted_from'] == 'stvit-small-224.pth'
         assert ckpt['meta']['epoch'] == 299
@@ -121,11 +122,9 @@ def test_converted_official_file_loads_every_tensor_unchanged(tmp_path):
         assert torch.isfinite(logits[which]).all()
     assert not torch.allclose(logits['model'], logits['model_ema'])
     # the two conversions differ: --ema really took model_ema
-    assert not torch.equal(
-        torch.load(tmp_path / 'model_mm.pth',
-                   weights_only=False)['state_dict']['head.fc.weight'],
-        torch.load(tmp_path / 'model_ema_mm.pth',
-                   weights_only=False)['state_dict']['head.fc.weight'])
+    plain, ema = (load_checkpoint_file(tmp_path / f)['state_dict']
+                  for f in ('model_mm.pth', 'model_ema_mm.pth'))
+    assert not torch.equal(plain['head.fc.weight'], ema['head.fc.weight'])
 
 
 def small_official_sd():
@@ -160,7 +159,7 @@ def test_missing_model_ema_is_an_error(tmp_path, capsys):
     assert not (tmp_path / 'out.pth').exists()
     # without --ema the same file converts
     converter().main([str(src), str(tmp_path / 'out.pth')])
-    assert set(torch.load(tmp_path / 'out.pth', weights_only=False)) == {
+    assert set(load_checkpoint_file(tmp_path / 'out.pth')) == {
         'state_dict', 'meta'}
     assert 'wrote 6 tensors (model)' in capsys.readouterr().out
 
@@ -181,8 +180,8 @@ def test_bad_inputs_say_what_to_do(tmp_path):
         str(tmp_path / 'official.pth'),
         str(tmp_path / 'mm.pth'), '--force'
     ])
-    assert 'head.fc.weight' in torch.load(
-        tmp_path / 'mm.pth', weights_only=False)['state_dict']
+    assert 'head.fc.weight' in load_checkpoint_file(
+        tmp_path / 'mm.pth')['state_dict']
     # a foreign key is named, not silently dropped
     official_file(tmp_path / 'foreign.pth',
                   OrderedDict(fc_extra=torch.zeros(1)))

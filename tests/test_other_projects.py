@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from mmstvit.datasets.toy_data import generate_toy_cls, generate_toy_data
+from mmstvit.utils.checkpoint import load_checkpoint_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = ("dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], "
@@ -169,7 +170,7 @@ def test_toolbox_own_config_and_tools(pkg, toy, tmp_path):
     ckpt = work / 'iter_2.pth'
     assert ckpt.is_file(), log[-3000:]
     import torch
-    sd = torch.load(ckpt, map_location='cpu', weights_only=False)['state_dict']
+    sd = load_checkpoint_file(ckpt, map_location='cpu')['state_dict']
     assert 'backbone.layers.0.blocks.0.attn.stoken_refine.qkv.weight' in sd
     out = run_tool(pkg, 'test.py', str(cfg), str(ckpt), '--work-dir',
                    str(tmp_path / 'test'), cwd=tmp_path)

@@ -23,7 +23,10 @@ import torch
 from mmengine.config import Config
 
 import mmstvit  # noqa: F401
+from mmstvit import STViT
+from mmstvit.utils import checkpoint as ck
 from mmstvit.utils import launch
+from mmstvit.utils.checkpoint import load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools')
@@ -497,19 +500,19 @@ def test_official_format_detection_and_conversion(tmp_path):
                                    for k, v in backbone.state_dict().items()),
             meta={}), tmp_path / 'mm.pth')
     torch.save(backbone.state_dict(), tmp_path / 'plain.pth')
-    assert launch.checkpoint_format(str(tmp_path / 'official.pth')) == \
+    assert ck.checkpoint_format(str(tmp_path / 'official.pth')) == \
         'official'
-    assert launch.checkpoint_format(str(tmp_path / 'mm.pth')) == 'mm'
-    assert launch.checkpoint_format(str(tmp_path / 'plain.pth')) == 'other'
+    assert ck.checkpoint_format(str(tmp_path / 'mm.pth')) == 'mm'
+    assert ck.checkpoint_format(str(tmp_path / 'plain.pth')) == 'other'
 
     ckpt = dict(model=theirs)
-    full = launch.convert_official(ckpt)
+    full = ck.convert_official(ckpt)
     assert full['head.fc.weight'] is theirs['head.weight']
     assert full['head.proj.weight'] is theirs['proj.weight']
     assert full['head.norm.running_var'] is theirs['norm.running_var']
     assert all(k.startswith(('backbone.', 'head.')) for k in full)
     assert len(full) == len(theirs)
-    dense = launch.convert_official(ckpt, backbone_only=True)
+    dense = ck.convert_official(ckpt, backbone_only=True)
     assert set(dense) == {'backbone.' + k for k in backbone.state_dict()}
 
     # through mmengine's loader (what the Runner does with load_from)
@@ -550,29 +553,58 @@ def test_train_load_from_official_is_converted(tmp_path):
     assert cfg.load_from == str(tmp_path / 'mm.pth')
 
 
-def test_test_tool_evaluates_official_checkpoint(seg_case):
-    """tools/test.py takes the authors' file as it is."""
+def test_official_load_from_gets_the_strict_backbone_check(tmp_path):
+    """The authors' file as load_from is checked against the config's
+    backbone like init_cfg: all tensors, right shapes, right variant."""
+    sd = tiny_backbone().state_dict()
+    model = dict(backbone=dict(type='STViT', arch=TINY_ARCH, init_cfg=None))
+    official_file(tmp_path / 'full.pth', sd)
+    cfg = Config(dict(load_from=str(tmp_path / 'full.pth'), model=model))
+    launch.convert_load_from(cfg, 'mmdet')
+    assert cfg.load_from.startswith('stvit-official-backbone://')
+
+    partial = {k: v for k, v in sd.items() if not k.startswith('layers.3')}
+    official_file(tmp_path / 'partial.pth', partial)
+    cfg = Config(dict(load_from=str(tmp_path / 'partial.pth'), model=model))
+    with pytest.raises(SystemExit) as e:
+        launch.convert_load_from(cfg, 'mmdet')
+    msg = str(e.value)
+    assert 'missing from the file' in msg and 'layers.3.blocks.0' in msg
+    assert 'strict=False' in msg
+
+    official_file(tmp_path / 'small.pth', STViT('small').state_dict())
+    cfg = Config(dict(load_from=str(tmp_path / 'small.pth'), model=model))
+    with pytest.raises(SystemExit, match="STViT-small .*arch='small'"):
+        launch.convert_load_from(cfg, 'mmdet')
+
+
+def test_test_tool_refuses_weights_that_leave_heads_random(seg_case):
+    """tools/test.py on a segmentation config refuses the authors' ImageNet
+    file and an mm file of backbone weights only (the decode head would be
+    evaluated at random), saying what to do instead."""
     root, cfg = seg_case
-    official_file(root / 'official.pth', tiny_backbone().state_dict())
-    proc = run([
-        sys.executable,
-        osp.join(TOOLS, 'test.py'),
-        str(cfg),
-        str(root / 'official.pth'), '--work-dir',
-        str(root / 'w_official')
-    ],
-               cwd=root)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert 'is an official STViT checkpoint' in out
-    assert 'Load checkpoint from stvit-official-backbone://' in out
-    assert 'mIoU:' in out
-    # no backbone key is reported missing: only the decode head's
-    missing = [
-        line for line in out.splitlines()
-        if line.startswith('missing keys in source state_dict')
-    ]
-    assert missing and 'backbone.' not in missing[0]
+    backbone = tiny_backbone().state_dict()
+    official_file(root / 'official.pth', backbone)
+    torch.save(dict(state_dict=OrderedDict(
+        ('backbone.' + k, v) for k, v in backbone.items()), meta={}),
+        root / 'backbone_only.pth')
+    for name in ('official.pth', 'backbone_only.pth'):
+        proc = run([
+            sys.executable,
+            osp.join(TOOLS, 'test.py'),
+            str(cfg),
+            str(root / name), '--work-dir',
+            str(root / 'w_official')
+        ],
+                   cwd=root)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, out[-3000:]
+        assert 'does not hold the weights of the whole model' in out, \
+            out[-3000:]
+        assert 'decode_head' in out and 'backbone weights only' in out
+        assert f'python tools/train.py {cfg}' in out
+        assert 'Traceback' not in out
+        assert 'mIoU:' not in out  # nothing was evaluated
 
 
 # ---------------------------------------------------------------------------
@@ -601,7 +633,7 @@ def test_dist_train_cpu_then_resume_and_test(seg_case):
     assert 'CPUDistributedDataParallel' in log
     if not torch.cuda.is_available():
         assert 'SyncBatchNorm only runs on accelerators' in out
-    ckpt = torch.load(work / 'iter_2.pth')  # weights_only, with the fix
+    ckpt = load_checkpoint_file(work / 'iter_2.pth')
     assert ckpt['meta']['iter'] == 2
 
     # resume the distributed run in one process, up to iteration 4
@@ -617,7 +649,7 @@ def test_dist_train_cpu_then_resume_and_test(seg_case):
     assert proc.returncode == 0, out[-4000:]
     assert 'resumed epoch: 0, iter: 2' in out
     assert 'Iter(train) [4/4]' in out and 'Iter(train) [1/4]' not in out
-    assert torch.load(work / 'iter_4.pth')['meta']['iter'] == 4
+    assert load_checkpoint_file(work / 'iter_4.pth')['meta']['iter'] == 4
 
     # 2-process test of the result, pictures with --show-dir
     shutil.rmtree(root / 'vis', ignore_errors=True)
@@ -802,7 +834,7 @@ def test_mmpretrain_dist_train_and_official_test(tmp_path):
     assert (tmp_path / 'w' / 'iter_2.pth').is_file()
 
     # the authors' format of the trained weights evaluates the same
-    sd = torch.load(tmp_path / 'w' / 'iter_2.pth')['state_dict']
+    sd = load_checkpoint_file(tmp_path / 'w' / 'iter_2.pth')['state_dict']
     theirs = OrderedDict()
     for k, v in sd.items():
         if k.startswith('backbone.'):

@@ -14,8 +14,12 @@ as in that toolbox's ``tools/test.py``:
 * ``--tta``: test-time augmentation with the config's ``tta_model`` and
   ``tta_pipeline`` (mmdet and mmpretrain make default ones if absent).
 
-CHECKPOINT may be an mm checkpoint or one of the authors' original files
-(``stvit-small-224.pth`` ...), which is converted while it loads.
+CHECKPOINT may be an mm checkpoint or, for a classification config, one of
+the authors' original files (``stvit-small-224.pth`` ...), which is
+converted while it loads. It must hold every weight of the model: an
+ImageNet file on a detection or segmentation config (random neck and heads)
+is refused with what to do instead. Checkpoints are read weights-only;
+``--unsafe-load`` unpickles a trusted file beyond that.
 """
 import argparse
 import os
@@ -27,10 +31,12 @@ from copy import deepcopy
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import mmstvit  # noqa: E402,F401  (registers STViT, applies the load fix)
+import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 
 from mmstvit.utils import launch  # noqa: E402
+from mmstvit.utils.checkpoint import (checkpoint_format,  # noqa: E402
+                                      missing_model_weights)
 
 
 def parse_args(argv=None):
@@ -80,6 +86,12 @@ def parse_args(argv=None):
         help='job launcher')
     parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='trust the checkpoint: unpickle it fully (weights_only=False) '
+        'even if it holds objects beyond weights. Loading such a file can '
+        'run any code it holds; only for files from a source you trust')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -214,13 +226,28 @@ def set_checkpoint(cfg, checkpoint, task):
             f'{osp.abspath(osp.expanduser(checkpoint))})')
     checkpoint = osp.expanduser(checkpoint)
     try:
-        fmt = launch.checkpoint_format(checkpoint)
+        fmt = checkpoint_format(checkpoint)
     except (ValueError, EOFError, pickle.UnpicklingError) as e:
         raise SystemExit(f'mmstvit: cannot read {checkpoint}: {e}') from None
     if fmt == 'official':
         cfg.load_from = launch.official_load_from(checkpoint, task)
     else:
         cfg.load_from = checkpoint
+
+
+def check_checkpoint_covers_model(runner, checkpoint, task, config):
+    """Stops when the checkpoint leaves part of the built model at its
+    random initial values (an ImageNet file on a detection config ...)."""
+    if launch.is_remote(checkpoint):
+        return
+    model = runner.model
+    while hasattr(model, 'module'):  # DDP, TTA wrappers
+        model = model.module
+    keys = launch.checkpoint_keys(osp.expanduser(checkpoint))
+    missing = missing_model_weights(model.state_dict().keys(), keys)
+    if missing:
+        raise SystemExit(launch.untrained_parts_message(
+            checkpoint, missing, task, config))
 
 
 def merge_args(cfg, args, task):
@@ -238,6 +265,8 @@ def merge_args(cfg, args, task):
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
 
+    if args.unsafe_load or cfg.get('unsafe_load', False):
+        launch.trust_run_files(cfg, args.checkpoint)
     set_checkpoint(cfg, args.checkpoint, task)
 
     if args.show or args.show_dir:
@@ -272,6 +301,7 @@ def add_dump_metric(runner, args, task):
 
 
 def main(argv=None):
+    launch.quiet_third_party_warnings()
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     task = launch.detect_task(cfg)
@@ -288,6 +318,7 @@ def main(argv=None):
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else \
         RUNNERS.build(cfg)
+    check_checkpoint_covers_model(runner, args.checkpoint, task, args.config)
     add_dump_metric(runner, args, task)
     metrics = runner.test()
     if args.out is not None and args.out_item == 'metrics':

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import mmstvit  # noqa: E402,F401  (registers STViT, applies the resume fix)
+import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 
 from mmstvit.utils import launch  # noqa: E402
@@ -61,6 +61,14 @@ def parse_args(argv=None):
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
         help='job launcher')
+    parser.add_argument(
+        '--unsafe-load',
+        action='store_true',
+        help='trust the weights files of this run (load_from, --resume, the '
+        'Pretrained init_cfg checkpoints): unpickle them fully '
+        '(weights_only=False) even if they hold objects beyond weights. '
+        'Loading such a file can run any code it holds; only for files from '
+        'a source you trust')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or
     # --local_rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -121,6 +129,9 @@ def merge_args(cfg, args, task):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+
+    if args.unsafe_load or cfg.get('unsafe_load', False):
+        launch.trust_run_files(cfg)
     return cfg
 
 
@@ -134,7 +145,11 @@ def check_before_build(cfg):
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
         raise SystemExit(launch.missing_pretrained_message(missing))
-    launch.stop_on_bad_data(cfg, launch.detect_task(cfg), ('train', 'val'))
+    task = launch.detect_task(cfg)
+    # load_from: weights-only read, the authors' format converted after the
+    # strict backbone check
+    launch.convert_load_from(cfg, task)
+    launch.stop_on_bad_data(cfg, task, ('train', 'val'))
 
 
 def build_runner(cfg):
@@ -146,6 +161,7 @@ def build_runner(cfg):
 
 
 def main(argv=None):
+    launch.quiet_third_party_warnings()
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     task = launch.detect_task(cfg)
@@ -157,7 +173,6 @@ def main(argv=None):
 
     cfg = merge_args(cfg, args, task)
     check_before_build(cfg)
-    launch.convert_load_from(cfg, task)
     launch.setup_cpu_distributed(cfg, args.launcher)
 
     runner = build_runner(cfg)

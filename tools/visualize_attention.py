@@ -69,6 +69,10 @@ def parse_args(argv=None):
                         '(negative counts from the end); default: the last')
     parser.add_argument('--head', type=head, default='mean',
                         help="'mean' over heads (default) or a head index")
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='trust --checkpoint: unpickle it fully even if '
+                        'it holds objects beyond weights (can run code it '
+                        'holds; only for files from a source you trust)')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     parser.add_argument('--max-size', type=int, default=1024,
                         help='longest side the network sees; larger images '
@@ -79,6 +83,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmstvit.utils.launch import quiet_third_party_warnings
+    quiet_third_party_warnings()
+    if args.unsafe_load and args.checkpoint:
+        from mmstvit.utils.checkpoint import trust
+        trust(args.checkpoint)
     from mmstvit.visualization import VisualizationError, visualize_attention
     try:
         paths = visualize_attention(

@@ -46,6 +46,10 @@ def parse_args(argv=None):
     parser.add_argument('--block', type=int, help='block of the stage whose '
                         'association is drawn (negative counts from the '
                         'end); default: the last block')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='trust --checkpoint: unpickle it fully even if '
+                        'it holds objects beyond weights (can run code it '
+                        'holds; only for files from a source you trust)')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     parser.add_argument('--max-size', type=int, default=1024,
                         help='longest side the network sees; larger images '
@@ -56,6 +60,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmstvit.utils.launch import quiet_third_party_warnings
+    quiet_third_party_warnings()
+    if args.unsafe_load and args.checkpoint:
+        from mmstvit.utils.checkpoint import trust
+        trust(args.checkpoint)
     from mmstvit.visualization import (VisualizationError,
                                        visualize_super_tokens)
     try:

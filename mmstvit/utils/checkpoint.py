@@ -1,12 +1,37 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""Reading the authors' STViT checkpoints and mm checkpoints of STViT models.
+"""Every weights file mmstvit opens goes through :func:`load_checkpoint_file`.
 
-The official files (``stvit-{small,base,large}-{224,384}.pth``) are a
+Weights files are untrusted input (people download them from shared
+drives), and a ``.pth`` is a pickle: unpickling it can run any code. So:
+
+* **One reader, one allow-list.** :func:`load_checkpoint_file` always uses
+  ``torch.load(weights_only=True)`` with exactly the globals of
+  :func:`allowed_globals`: what the authors' STViT files hold
+  (``argparse.Namespace`` in ``args``, numpy scalars) and what mmengine's own
+  checkpoints hold (``HistoryBuffer`` state, numpy arrays and scalars). A
+  file that needs anything else is refused with
+  :class:`UnsafeCheckpointError`, which names the globals it holds.
+* **Unsafe loading only by name.** ``weights_only=False`` happens only for a
+  file the user trusts explicitly: ``unsafe=True`` here,
+  ``init_cfg=dict(type='Pretrained', ..., unsafe_load=True)`` for the
+  backbone, or ``--unsafe-load`` of the tools (which calls :func:`trust` on
+  the files of that run). Never as a fallback.
+* **mmengine goes through it too.** :func:`install_mmengine_loaders`
+  replaces mmengine's loaders of local files and of ``http(s)://`` URLs
+  (``load_from``, ``resume``, ``Pretrained`` inits of necks and heads, the
+  toolboxes' inferencers) with this reader. ``import mmstvit`` arranges it
+  for when ``mmengine.runner.checkpoint`` is imported.
+* **Strict backbone loading.** :func:`load_stvit_state_dict` loads the
+  authors' files and mm checkpoints into an ``STViT``: every backbone tensor
+  must be found with the right shape, or it stops and lists what is missing
+  or mismatched (and names the variant a file of another variant holds).
+  ``strict=False`` (``init_cfg=dict(..., strict=False)``) allows a partial
+  load, never an empty one.
+
+The authors' files (``stvit-{small,base,large}-{224,384}.pth``) are a
 ``torch.save`` of a dict with ``model`` (the state dict), usually
 ``model_ema``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``scaler``,
-``max_accuracy`` and ``args`` (an ``argparse.Namespace``). torch >= 2.6
-refuses the Namespace under its default ``weights_only=True``, so we allow
-exactly the classes such files hold.
+``max_accuracy`` and ``args`` (an ``argparse.Namespace``).
 """
 import argparse
 import logging
@@ -14,8 +39,9 @@ import os
 import os.path as osp
 import pickle
 import re
+import threading
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -30,71 +56,282 @@ OFFICIAL_WEIGHTS_HELP = (
     'to an mm checkpoint with: python tools/model_converters/stvit_to_mm.py '
     'pretrained/stvit-small-224.pth pretrained/stvit-small-224_mm.pth')
 
+#: how a user loads a file that needs more than the allow-list
+UNSAFE_HOW = (
+    'Only if you trust where this file comes from (loading it can run any '
+    'code it holds): pass --unsafe-load to tools/train.py, tools/test.py or '
+    "the other tools, or set unsafe_load=True in the backbone's "
+    "init_cfg=dict(type='Pretrained', ...). Better: re-save its weights "
+    'alone where you trust it, e.g. torch.save({"state_dict": '
+    'model.state_dict()}, "clean.pth").')
+
 # classification tail of the authors' model, not part of a dense backbone
 CLS_TAIL_PREFIXES = ('proj.', 'norm.', 'head.')
+
+#: buffers that are bookkeeping, not weights: absent from some files
+NOT_WEIGHTS = ('num_batches_tracked', )
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
-def _safe_globals():
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A weights file that holds objects beyond the allow-list.
+
+    Attributes:
+        filename (str): The file.
+        globals (list[str]): The globals it holds that are not allowed.
+    """
+
+    def __init__(self, filename: str, names: List[str], detail: str = ''):
+        self.filename = filename
+        self.globals = list(names)
+        shown = ', '.join(names[:8]) if names else detail or 'unknown'
+        super().__init__(
+            f'mmstvit refuses to unpickle {filename}: it holds {shown}, '
+            'beyond the tensors, argparse.Namespace, numpy and mmengine '
+            'HistoryBuffer objects that weights files need. '
+            f'{UNSAFE_HOW}')
+
+
+# ---------------------------------------------------------------------------
+# the allow-list
+# ---------------------------------------------------------------------------
+
+#: statistics methods that mmengine's ``HistoryBuffer`` registers by default
+_HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
+
+
+def history_buffer_getattr(obj, name):
+    """``getattr`` restricted to what mmengine checkpoints need.
+
+    Registered as ``builtins.getattr`` for the weights-only unpickler:
+    ``HistoryBuffer.__getstate__`` stores its statistics methods, which
+    pickle writes as ``getattr(HistoryBuffer, 'mean')``; anything else is
+    refused (a real ``getattr`` would let a file reach any attribute of any
+    allowed object).
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and isinstance(name, str) and (
+            name in _HISTORY_BUFFER_METHODS
+            or name in HistoryBuffer._statistics_methods) and \
+            not name.startswith('_') and callable(
+                getattr(HistoryBuffer, name, None)):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'mmstvit: weights-only load refuses getattr({obj!r}, {name!r}); '
+        'only the statistics methods of mmengine.logging.HistoryBuffer are '
+        'allowed')
+
+
+def _numpy_globals() -> List[Tuple[Callable, str]]:
     import numpy as np
-    allowed = [argparse.Namespace]
-    # numpy scalars/arrays appear in `args`, `max_accuracy` and in mmengine's
-    # message hub (resume); allow what numpy pickles them as.
-    try:
-        from numpy.core.multiarray import _reconstruct  # noqa
-        allowed.append(_reconstruct)
-    except Exception:  # pragma: no cover - numpy layout changed
-        pass
-    try:
-        allowed.append(np._core.multiarray._reconstruct)
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        allowed.append(np._core.multiarray.scalar)
-    except Exception:  # pragma: no cover
-        pass
-    allowed += [np.ndarray, np.dtype]
-    allowed += [type(np.dtype(t)) for t in (
-        'float64', 'float32', 'float16', 'int64', 'int32', 'int16', 'int8',
-        'uint8', 'bool')]
+    try:  # numpy >= 2
+        multiarray = np._core.multiarray
+    except AttributeError:  # numpy 1.x
+        multiarray = np.core.multiarray
+    allowed = []
+    # files written with numpy 1 name numpy.core, with numpy 2 numpy._core
+    for fn in ('_reconstruct', 'scalar'):
+        obj = getattr(multiarray, fn)
+        allowed += [(obj, f'numpy.core.multiarray.{fn}'),
+                    (obj, f'numpy._core.multiarray.{fn}')]
+    allowed += [(np.ndarray, 'numpy.ndarray'), (np.dtype, 'numpy.dtype')]
+    # A dtype is rebuilt with numpy.dtype(...) and then BUILD, which the
+    # unpickler only allows for allow-listed classes: the dtype's class.
+    seen = set()
+    for code in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8',
+                 'uint16', 'uint32', 'uint64', 'float16', 'float32',
+                 'float64', 'longdouble', 'complex64', 'complex128',
+                 'clongdouble'):
+        cls = type(np.dtype(code))
+        if cls is np.dtype or cls in seen:  # numpy < 1.20 has no classes
+            continue
+        seen.add(cls)
+        allowed.append((cls, f'{cls.__module__}.{cls.__qualname__}'))
     return allowed
 
 
-def load_checkpoint_file(filename: str, map_location='cpu') -> dict:
-    """``torch.load`` an official or mm checkpoint, with clear errors.
+def allowed_globals() -> List[Tuple[Callable, str]]:
+    """The ``(object, 'module.name')`` pairs a weights file may hold."""
+    from mmengine.logging import HistoryBuffer
+    hb = 'mmengine.logging.history_buffer.HistoryBuffer'
+    allowed = [(HistoryBuffer, hb)]
+    for name in _HISTORY_BUFFER_METHODS:
+        allowed.append((getattr(HistoryBuffer, name), f'{hb}.{name}'))
+    allowed.append((history_buffer_getattr, 'builtins.getattr'))
+    allowed += _numpy_globals()
+    allowed.append((argparse.Namespace, 'argparse.Namespace'))
+    return allowed
 
-    Tries ``weights_only=True`` with the classes such files hold allowed;
-    a file that holds anything else is loaded with ``weights_only=False``
-    after a warning (only do that for files you trust, as with any pickle).
+
+def allowed_names() -> List[str]:
+    return [name for _, name in allowed_globals()]
+
+
+# ---------------------------------------------------------------------------
+# trust, by name only
+# ---------------------------------------------------------------------------
+
+_trusted = set()
+_trust_lock = threading.Lock()
+
+
+def _key(path) -> str:
+    return osp.realpath(osp.expanduser(str(path)))
+
+
+def trust(*paths) -> None:
+    """Marks files whose loading may unpickle anything (``--unsafe-load``)."""
+    with _trust_lock:
+        _trusted.update(_key(p) for p in paths if p)
+
+
+def untrust_all() -> None:
+    with _trust_lock:
+        _trusted.clear()
+
+
+def is_trusted(path) -> bool:
+    return _key(path) in _trusted
+
+
+# ---------------------------------------------------------------------------
+# the reader
+# ---------------------------------------------------------------------------
+
+
+def _unsafe_globals(filename: str, error: Exception) -> List[str]:
+    """The globals of ``filename`` that are not allowed (best effort)."""
+    allowed = set(allowed_names())
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        names = [g for g in found if g not in allowed]
+        if names:
+            return names
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files
+        pass
+    return re.findall(r'GLOBAL ([\w.]+)', str(error))[:8] or \
+        re.findall(r'global[^\w]+([\w.]+)', str(error))[:8]
+
+
+def load_checkpoint_file(filename, map_location='cpu', *,
+                         unsafe: bool = False, mmap: bool = False):
+    """Reads a weights file: weights-only, with :func:`allowed_globals`.
+
+    Args:
+        filename (str | Path): A local file; ``http(s)://`` URLs are
+            downloaded (into torch's hub cache) and then read the same way.
+        map_location: As for ``torch.load``.
+        unsafe (bool): The caller trusts this file: unpickle it fully
+            (``weights_only=False``), with a warning. Also done for files
+            marked with :func:`trust`. Never done otherwise.
+        mmap (bool): Memory-map the tensors (cheap look at a big file).
+
+    Raises:
+        FileNotFoundError: no such file (the message says where the
+            official weights come from).
+        UnsafeCheckpointError: the file holds globals beyond the allow-list
+            (nothing of it was executed).
+        ValueError: not a readable PyTorch file (truncated download ...).
     """
     filename = str(filename)
-    if not filename.startswith(('http://', 'https://')) and \
-            not osp.isfile(filename):
-        raise FileNotFoundError(
-            f'STViT pretrained checkpoint not found: {filename!r} '
-            f'(cwd {os.getcwd()}). {OFFICIAL_WEIGHTS_HELP}')
     if filename.startswith(('http://', 'https://')):
-        from mmengine.runner.checkpoint import CheckpointLoader
-        return CheckpointLoader.load_checkpoint(filename, map_location)
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(
-                filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+        filename = _download(filename)
+    if not osp.isfile(osp.expanduser(filename)):
+        raise FileNotFoundError(
+            f'STViT checkpoint not found: {filename!r} (looked for '
+            f'{osp.abspath(osp.expanduser(filename))}). '
+            f'{OFFICIAL_WEIGHTS_HELP}')
+    filename = osp.expanduser(filename)
+    if unsafe or is_trusted(filename):
         print_log(
-            f'{filename}: holds objects beyond tensors and argparse '
-            f'arguments ({str(e).splitlines()[0][:200]}); loading it with '
-            'weights_only=False. Only do this with files you trust.',
+            f'mmstvit: loading {filename} with weights_only=False because '
+            'you marked it as trusted: any code it holds runs now.',
             logger='current', level=logging.WARNING)
-    except (RuntimeError, EOFError) as e:
+        return torch.load(filename, map_location=map_location,
+                          weights_only=False, mmap=mmap or None)
+    try:
+        with torch.serialization.safe_globals(allowed_globals()):
+            return torch.load(filename, map_location=map_location,
+                              weights_only=True, mmap=mmap or None)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            filename, _unsafe_globals(filename, e),
+            str(e).splitlines()[0][:200]) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(
             f'{filename!r} is not a readable PyTorch checkpoint '
             f'({type(e).__name__}: {str(e)[:200]}). Is the download '
             f'complete? {OFFICIAL_WEIGHTS_HELP}') from e
-    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def _download(url: str) -> str:
+    """``url`` in torch's hub cache (``<hub>/checkpoints``), fetched once."""
+    from torch.hub import download_url_to_file, get_dir
+    from urllib.parse import urlparse
+    folder = osp.join(get_dir(), 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    path = osp.join(folder, osp.basename(urlparse(url).path))
+    if not osp.isfile(path):
+        download_url_to_file(url, path, progress=True)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# mmengine's loaders
+# ---------------------------------------------------------------------------
+
+
+def _mmengine_local(filename, map_location=None):
+    return load_checkpoint_file(filename, map_location)
+
+
+def _mmengine_http(filename, map_location=None, model_dir=None,
+                   progress=None):
+    return load_checkpoint_file(filename, map_location)
+
+
+def install_mmengine_loaders(module=None) -> None:
+    """Makes mmengine read local files and ``http(s)://`` URLs with
+    :func:`load_checkpoint_file` (``load_from``, ``resume``, ``Pretrained``
+    inits, inferencers). ``torchvision://``, ``open-mmlab://`` and
+    ``mmcls://`` resolve to URLs and so are read by it too."""
+    import mmengine.runner.checkpoint as ckpt_mod
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=_mmengine_local, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=_mmengine_http, force=True)
+    # load_from_torchvision/openmmlab/mmcls call this module-level name
+    ckpt_mod.load_from_http = _mmengine_http
+    register_official_scheme()
+
+
+# ---------------------------------------------------------------------------
+# formats
+# ---------------------------------------------------------------------------
+
+
+def is_official_checkpoint(ckpt) -> bool:
+    """The authors' format: a dict with ``model`` (a state dict) and no
+    ``state_dict``."""
+    return (isinstance(ckpt, dict) and 'state_dict' not in ckpt
+            and isinstance(ckpt.get('model', None), dict)
+            and len(ckpt['model']) > 0 and all(
+                isinstance(v, torch.Tensor) for v in ckpt['model'].values()))
+
+
+def checkpoint_format(path: str) -> str:
+    """``'official'``, ``'mm'`` or ``'other'`` for a local checkpoint file
+    (read memory-mapped, so big files cost little)."""
+    ckpt = load_checkpoint_file(path, mmap=True)
+    if is_official_checkpoint(ckpt):
+        return 'official'
+    if isinstance(ckpt, dict) and 'state_dict' in ckpt:
+        return 'mm'
+    return 'other'
 
 
 def extract_state_dict(checkpoint, which: Optional[str] = None
@@ -121,14 +358,66 @@ def extract_state_dict(checkpoint, which: Optional[str] = None
                 break
         else:
             sd = checkpoint
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointMismatchError(
             'this file holds no state dict (looked for "state_dict", '
             f'"model" and plain tensors; found keys {sorted(sd)[:8]})')
-    out = OrderedDict()
-    for k, v in sd.items():
-        out[re.sub(r'^module\.', '', k)] = v
+    return OrderedDict((re.sub(r'^module\.', '', k), v)
+                       for k, v in sd.items())
+
+
+def convert_official(ckpt, backbone_only: bool = False) -> 'OrderedDict':
+    """An mm state dict from an official checkpoint dict (its ``model``).
+
+    Keys are mapped by :func:`mmstvit.utils.convert_official_state_dict`.
+    ``backbone_only`` keeps only ``backbone.*`` (detectors, segmentors).
+    """
+    from mmstvit.utils.convert import convert_official_state_dict
+    sd = ckpt['model'] if is_official_checkpoint(ckpt) else ckpt
+    out = convert_official_state_dict(sd)
+    if backbone_only:
+        out = OrderedDict(
+            (k, v) for k, v in out.items() if k.startswith('backbone.'))
     return out
+
+
+OFFICIAL_SCHEME = 'stvit-official://'
+OFFICIAL_BACKBONE_SCHEME = 'stvit-official-backbone://'
+
+
+def load_from_stvit_official(filename: str, map_location=None):
+    """mmengine checkpoint loader for ``stvit-official[-backbone]://PATH``:
+    reads the authors' file and returns it as an mm checkpoint."""
+    backbone_only = filename.startswith(OFFICIAL_BACKBONE_SCHEME)
+    path = filename[
+        len(OFFICIAL_BACKBONE_SCHEME if backbone_only else OFFICIAL_SCHEME):]
+    ckpt = load_checkpoint_file(path, map_location=map_location or 'cpu')
+    if not is_official_checkpoint(ckpt):
+        raise ValueError(f'{path} is not in the STViT authors\' format (a '
+                         'dict with "model" and no "state_dict")')
+    sd = convert_official(ckpt, backbone_only=backbone_only)
+    print_log(
+        f'mmstvit: {path} is an official STViT checkpoint; converted '
+        f"{len(ckpt['model'])} tensors of its 'model' entry to "
+        f'{len(sd)} mm keys' +
+        (' (backbone only: the ImageNet classification tail is dropped)'
+         if backbone_only else ''),
+        logger='current')
+    meta = dict(converted_from=path, epoch=ckpt.get('epoch', None))
+    return dict(state_dict=sd, meta=meta)
+
+
+def register_official_scheme():
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes=[OFFICIAL_SCHEME, OFFICIAL_BACKBONE_SCHEME],
+        loader=load_from_stvit_official,
+        force=True)
+
+
+# ---------------------------------------------------------------------------
+# STViT backbones: strict loading
+# ---------------------------------------------------------------------------
 
 
 def backbone_state_dict(state_dict: Dict[str, torch.Tensor],
@@ -155,8 +444,10 @@ def backbone_state_dict(state_dict: Dict[str, torch.Tensor],
     return sd, dropped
 
 
-def describe_stvit(state_dict: Dict[str, torch.Tensor]) -> Optional[dict]:
-    """Reads the variant (embed dims, depths) off a backbone state dict."""
+def describe_stvit(state_dict: Dict[str, torch.Tensor],
+                   arch_zoo: Optional[dict] = None) -> Optional[dict]:
+    """Reads the variant (embed dims, depths) off a backbone state dict;
+    ``arch`` is its name in ``arch_zoo`` (``STViT.arch_zoo``) or None."""
     dims, depths = {}, {}
     pat = re.compile(r'^layers\.(\d+)\.blocks\.(\d+)\.norm1\.norm\.weight$')
     for k, v in state_dict.items():
@@ -169,12 +460,9 @@ def describe_stvit(state_dict: Dict[str, torch.Tensor]) -> Optional[dict]:
         return None
     n = max(dims) + 1
     info = dict(embed_dims=[dims.get(i) for i in range(n)],
-                depths=[depths.get(i) for i in range(n)])
-    from mmstvit.models.backbones.stvit import STViT
-    info['arch'] = None
-    for name in STViT.arch_names:
-        a = STViT.arch_zoo[name]
-        if a['embed_dims'] == info['embed_dims'] and \
+                depths=[depths.get(i) for i in range(n)], arch=None)
+    for name, a in (arch_zoo or {}).items():
+        if len(name) > 1 and a['embed_dims'] == info['embed_dims'] and \
                 a['depths'] == info['depths']:
             info['arch'] = name
     return info
@@ -188,60 +476,135 @@ def _variant_str(info):
             f"{info['depths']})")
 
 
-def load_stvit_state_dict(model, filename: str, prefix: Optional[str] = None,
-                          map_location='cpu', which: Optional[str] = None,
-                          logger='current'):
-    """Loads an official or mm STViT checkpoint into an ``STViT`` backbone.
-
-    Drops the authors' classification tail (``proj``, ``norm``, ``head``),
-    refuses a checkpoint of another variant with an error that names both,
-    and logs every key it did not load.
-    """
-    ckpt = load_checkpoint_file(filename, map_location)
-    sd = extract_state_dict(ckpt, which)
-    sd, dropped = backbone_state_dict(sd, prefix)
-    own = model.state_dict()
-
-    mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
-                  for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    matched = len(own) - len(missing) - len(mismatched)
-    if mismatched or matched == 0 or (missing and unexpected):
-        theirs = describe_stvit(sd)
-        ours = describe_stvit(own)
-        detail = '; '.join(f'{k}: checkpoint {a} vs model {b}'
-                           for k, a, b in mismatched[:3])
-        if not detail:
-            detail = (f'{len(missing)} model keys missing from the file '
-                      f'(e.g. {missing[:3]}), {len(unexpected)} file keys '
-                      f'unknown to the model (e.g. {unexpected[:3]})')
-        hint = ''
-        if theirs and theirs.get('arch'):
-            hint = (f" Build the backbone with arch='{theirs['arch']}' or "
-                    f'load a checkpoint of {_variant_str(ours)}.')
-        raise CheckpointMismatchError(
-            f'{filename} holds {_variant_str(theirs)}, but the model is '
-            f'{_variant_str(ours)}: {detail}.{hint}')
-
-    model.load_state_dict(sd, strict=False)
-    msgs = [f'STViT: loaded {matched}/{len(own)} backbone tensors from '
-            f'{filename}']
-    if dropped:
-        msgs.append(f'not loaded (not part of the backbone): '
-                    f'{_summarise(dropped)}')
-    if unexpected:
-        msgs.append(f'not loaded (unknown to this backbone): '
-                    f'{_summarise(unexpected)}')
-    if missing:
-        msgs.append(f'missing from the checkpoint, left as initialised: '
-                    f'{_summarise(missing)}')
-    level = logging.WARNING if missing or unexpected else logging.INFO
-    print_log('\n  '.join(msgs), logger=logger, level=level)
-    return dict(missing=missing, unexpected=unexpected, dropped=dropped)
+def _other_variant(theirs, ours) -> bool:
+    """The file holds another variant (not a part of this one): a known
+    arch other than the model's, other widths, or more stages or blocks."""
+    if not (theirs and ours):
+        return False
+    if theirs['arch'] and theirs['arch'] != ours['arch']:
+        return True
+    if len(theirs['embed_dims']) > len(ours['embed_dims']):
+        return True
+    for key in ('embed_dims', 'depths'):
+        for a, b in zip(theirs[key], ours[key]):
+            if a is not None and b is not None and (
+                    a > b if key == 'depths' else a != b):
+                return True
+    return False
 
 
 def _summarise(keys, n=12):
     keys = list(keys)
     s = ', '.join(keys[:n])
     return s + (f' ... (+{len(keys) - n} more)' if len(keys) > n else '')
+
+
+def _weights(keys: Iterable[str]) -> List[str]:
+    return [k for k in keys if not k.endswith(NOT_WEIGHTS)]
+
+
+def check_backbone_state_dict(model, sd: Dict[str, torch.Tensor],
+                              source: str, strict: bool = True,
+                              partial_hint: Optional[str] = None) -> dict:
+    """Checks a backbone state dict against an ``STViT`` before loading.
+
+    Raises :class:`CheckpointMismatchError` when a tensor has another shape
+    (naming the variant the file holds), when nothing matches, and, with
+    ``strict``, when a backbone tensor is missing or the file holds keys the
+    backbone does not have. Returns ``missing``, ``unexpected`` and
+    ``matched`` (a count).
+    """
+    own = model.state_dict()
+    arch_zoo = getattr(type(model), 'arch_zoo', None)
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
+                  for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing = _weights(k for k in own if k not in sd)
+    unexpected = [k for k in sd if k not in own]
+    matched = len([k for k in sd if k in own]) - len(mismatched)
+    theirs, ours = describe_stvit(sd, arch_zoo), describe_stvit(own, arch_zoo)
+    other_variant = _other_variant(theirs, ours)
+    if mismatched or matched == 0 or (strict and other_variant):
+        detail = '; '.join(f'{k}: checkpoint {a} vs model {b}'
+                           for k, a, b in mismatched[:3])
+        if not detail:
+            detail = (f'{len(missing)} of the {len(_weights(own))} backbone '
+                      f'tensors are not in the file (e.g. {missing[:3]}), '
+                      f'{len(unexpected)} file keys are unknown to the model '
+                      f'(e.g. {unexpected[:3]})')
+        hint = ''
+        if theirs and theirs.get('arch'):
+            hint = (f" Build the backbone with arch='{theirs['arch']}' or "
+                    f'load a checkpoint of {_variant_str(ours)}.')
+        raise CheckpointMismatchError(
+            f'{source} holds {_variant_str(theirs)}, but the model is '
+            f'{_variant_str(ours)}: {detail}.{hint}')
+    if strict and (missing or unexpected):
+        lines = [f'{source} does not hold every tensor of this '
+                 f'{_variant_str(ours)} backbone, so part of it would stay '
+                 'randomly initialised; stopped.']
+        if missing:
+            lines.append(f'missing from the file ({len(missing)}): '
+                         f'{_summarise(missing)}')
+        if unexpected:
+            lines.append(f'in the file but not in the backbone '
+                         f'({len(unexpected)}): {_summarise(unexpected)}')
+        lines.append(partial_hint or (
+            'If a partial load is what you want, say so: '
+            "init_cfg=dict(type='Pretrained', checkpoint=..., strict=False)."
+        ))
+        raise CheckpointMismatchError('\n  '.join(lines))
+    return dict(missing=missing, unexpected=unexpected, matched=matched)
+
+
+def load_stvit_state_dict(model, filename: str, prefix: Optional[str] = None,
+                          map_location='cpu', which: Optional[str] = None,
+                          strict: bool = True, unsafe: bool = False,
+                          logger='current'):
+    """Loads an official or mm STViT checkpoint into an ``STViT`` backbone.
+
+    Drops the authors' classification tail (``proj``, ``norm``, ``head``)
+    and the non-backbone parts of mm checkpoints, then checks the rest with
+    :func:`check_backbone_state_dict` (``strict``: every backbone tensor,
+    with its shape) before loading. Logs what it loaded and left out.
+    """
+    ckpt = load_checkpoint_file(filename, map_location, unsafe=unsafe)
+    sd = extract_state_dict(ckpt, which)
+    sd, dropped = backbone_state_dict(sd, prefix)
+    res = check_backbone_state_dict(model, sd, str(filename), strict=strict)
+    own = model.state_dict()
+    model.load_state_dict(
+        OrderedDict((k, v) for k, v in sd.items() if k in own), strict=False)
+    msgs = [f'STViT: loaded {res["matched"]}/{len(own)} backbone tensors '
+            f'from {filename}']
+    if dropped:
+        msgs.append(f'not loaded (not part of the backbone): '
+                    f'{_summarise(dropped)}')
+    if res['unexpected']:
+        msgs.append(f'not loaded (unknown to this backbone): '
+                    f'{_summarise(res["unexpected"])}')
+    if res['missing']:
+        msgs.append(f'missing from the checkpoint, left as initialised '
+                    f'(strict=False): {_summarise(res["missing"])}')
+    level = logging.WARNING if res['missing'] or res['unexpected'] else \
+        logging.INFO
+    print_log('\n  '.join(msgs), logger=logger, level=level)
+    return dict(missing=res['missing'], unexpected=res['unexpected'],
+                dropped=dropped)
+
+
+def missing_model_weights(model_keys: Iterable[str],
+                          ckpt_keys: Iterable[str]) -> List[str]:
+    """Weights of a model that a checkpoint's state dict does not hold
+    (``module.`` prefixes of either side ignored)."""
+    have = {re.sub(r'^module\.', '', k) for k in ckpt_keys}
+    return _weights(k for k in model_keys
+                    if re.sub(r'^module\.', '', k) not in have)
+
+
+__all__ = [
+    'CheckpointMismatchError', 'UnsafeCheckpointError', 'allowed_globals',
+    'load_checkpoint_file', 'trust', 'is_trusted', 'install_mmengine_loaders',
+    'is_official_checkpoint', 'checkpoint_format', 'extract_state_dict',
+    'convert_official', 'load_stvit_state_dict', 'check_backbone_state_dict',
+    'missing_model_weights', 'OFFICIAL_WEIGHTS_HELP'
+]

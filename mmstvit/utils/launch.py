@@ -11,8 +11,10 @@
   unconditionally (an ``AttributeError`` on a CPU build of torch) and its
   ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to
   ``DistributedDataParallel``, which refuses device ids for CPU modules;
-* recognising the authors' checkpoint format and loading it converted
-  through a ``stvit-official://`` checkpoint scheme.
+* weights: the authors' files given as ``load_from`` (strict backbone
+  check, then loaded converted through a ``stvit-official://`` scheme),
+  checkpoints of ``tools/test.py`` that leave part of the model random,
+  and ``--unsafe-load``.
 """
 import datetime
 import os
@@ -20,12 +22,28 @@ import os.path as osp
 import pickle
 import re
 import subprocess
-from collections import OrderedDict
 from typing import List, Optional, Tuple
 
 import torch
 
 TASKS = ('mmdet', 'mmseg', 'mmpretrain')
+
+#: third-party warnings that every run of a tool would print and that no
+#: user can act on: (category, message regex, why it is safe to hide)
+KNOWN_THIRD_PARTY_WARNINGS = (
+    (UserWarning, r'pkg_resources is deprecated as an API',
+     'setuptools < 81 is pinned on purpose: mmengine resolves mmdet:: '
+     'configs through pkg_resources'),
+)
+
+
+def quiet_third_party_warnings() -> None:
+    """Hides :data:`KNOWN_THIRD_PARTY_WARNINGS` (for the tools' entry
+    points; the project's own warnings and all others still show)."""
+    import warnings
+    for category, message, _ in KNOWN_THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings('ignore', message=message, category=category)
+
 
 # ---------------------------------------------------------------------------
 # tasks
@@ -49,25 +67,17 @@ def detect_task(cfg) -> str:
 
 def register_toolbox(task: str) -> None:
     """Registers every module of the toolbox, as its own
-    ``register_all_modules`` does; the default scope itself is set by the
-    Runner from ``cfg.default_scope``."""
+    ``register_all_modules`` does, mmstvit's included; stops the tool with
+    a message naming the toolbox when it cannot be imported. The default
+    scope itself is set by the Runner from ``cfg.default_scope``."""
     if task not in TASKS:
         return
-    import importlib
+    from mmstvit.registry import register_toolbox as register
     try:
-        utils = importlib.import_module(f'{task}.utils')
-        utils.register_all_modules(init_default_scope=False)
+        register(task)
     except ImportError as e:
-        hint = ''
-        if 'torchvision' in str(e):
-            hint = (' mmpretrain imports torchvision: install the '
-                    'torchvision release built for your torch '
-                    f'({torch.__version__}).')
-        raise SystemExit(f'mmstvit: this is a {task} config, but {task} '
-                         f'cannot be imported: {e}.{hint}') from None
-    except RuntimeError as e:  # e.g. a torchvision built for another torch
-        raise SystemExit(f'mmstvit: this is a {task} config, but {task} '
-                         f'cannot be imported: {e}') from None
+        raise SystemExit(f'mmstvit: this is a {task} config, but {e}') \
+            from None
 
 
 # ---------------------------------------------------------------------------
@@ -335,119 +345,140 @@ def finish_distributed() -> None:
 
 
 # ---------------------------------------------------------------------------
-# the authors' checkpoint format
+# weights: the authors' format, strict checks, trusted files
 # ---------------------------------------------------------------------------
 
-OFFICIAL_SCHEME = 'stvit-official://'
-OFFICIAL_BACKBONE_SCHEME = 'stvit-official-backbone://'
+
+def trust_run_files(cfg, *paths) -> List[str]:
+    """``--unsafe-load``: marks the weights files of this run as trusted
+    (the given paths, ``load_from`` and every ``Pretrained`` checkpoint the
+    model config names), so that they may unpickle beyond the allow-list.
+    Returns the local files it marked."""
+    from mmstvit.utils.checkpoint import trust
+    names = list(paths) + [cfg.get('load_from', None)]
+    for key, d in _walk(cfg.get('model', None), 'model'):
+        if isinstance(d, dict) and d.get('type') == 'Pretrained':
+            names.append(d.get('checkpoint', None))
+    local = [n for n in names if isinstance(n, str) and n and
+             not is_remote(n)]
+    trust(*local)
+    return local
 
 
-def _peek(path: str):
-    from mmstvit.utils.compat import apply
-    apply()
+def _checkpoint_error(path, e) -> SystemExit:
+    return SystemExit(f'mmstvit: cannot use {path}: {e}')
+
+
+def _backbone_cfg(cfg):
+    model = cfg.get('model', None) or {}
+    backbone = model.get('backbone', None)
+    if isinstance(backbone, dict) and \
+            str(backbone.get('type', '')).split('.')[-1] == 'STViT':
+        return backbone
+    return None
+
+
+def check_official_against_config(ckpt, cfg, path: str) -> None:
+    """The strict backbone check of ``init_cfg`` for an official file given
+    as ``load_from``: builds the config's STViT (no weights) and compares."""
+    from mmstvit.models import STViT
+    from mmstvit.utils.checkpoint import (CheckpointMismatchError,
+                                          backbone_state_dict,
+                                          check_backbone_state_dict,
+                                          extract_state_dict)
+    backbone_cfg = _backbone_cfg(cfg)
+    if backbone_cfg is None:
+        return
+    kwargs = {k: v for k, v in dict(backbone_cfg).items()
+              if k not in ('type', 'init_cfg', 'pretrained')}
+    sd, _ = backbone_state_dict(extract_state_dict(ckpt, 'model'))
     try:
-        return torch.load(
-            path, map_location='cpu', weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError):
-        from mmstvit.utils.checkpoint import load_checkpoint_file
-        return load_checkpoint_file(path)
-
-
-def is_official_checkpoint(ckpt) -> bool:
-    """The authors' format: a dict with ``model`` (a state dict) and no
-    ``state_dict``."""
-    return (isinstance(ckpt, dict) and 'state_dict' not in ckpt
-            and isinstance(ckpt.get('model', None), dict)
-            and len(ckpt['model']) > 0 and all(
-                isinstance(v, torch.Tensor) for v in ckpt['model'].values()))
-
-
-def checkpoint_format(path: str) -> str:
-    """``'official'``, ``'mm'`` or ``'other'`` for a local checkpoint file
-    (read memory-mapped, so big files cost little)."""
-    ckpt = _peek(path)
-    if is_official_checkpoint(ckpt):
-        return 'official'
-    if isinstance(ckpt, dict) and 'state_dict' in ckpt:
-        return 'mm'
-    return 'other'
-
-
-def convert_official(ckpt, backbone_only: bool = False) -> 'OrderedDict':
-    """An mm state dict from an official checkpoint dict (its ``model``).
-
-    Keys are mapped by :func:`mmstvit.utils.convert_official_state_dict`.
-    ``backbone_only`` keeps only ``backbone.*`` (detectors, segmentors).
-    """
-    from mmstvit.utils.convert import convert_official_state_dict
-    sd = ckpt['model'] if is_official_checkpoint(ckpt) else ckpt
-    out = convert_official_state_dict(sd)
-    if backbone_only:
-        out = OrderedDict(
-            (k, v) for k, v in out.items() if k.startswith('backbone.'))
-    return out
-
-
-def load_from_stvit_official(filename: str, map_location=None):
-    """mmengine checkpoint loader for ``stvit-official[-backbone]://PATH``:
-    reads the authors' file and returns it as an mm checkpoint."""
-    from mmengine.logging import print_log
-
-    from mmstvit.utils.checkpoint import load_checkpoint_file
-    backbone_only = filename.startswith(OFFICIAL_BACKBONE_SCHEME)
-    path = filename[
-        len(OFFICIAL_BACKBONE_SCHEME if backbone_only else OFFICIAL_SCHEME):]
-    ckpt = load_checkpoint_file(path, map_location=map_location or 'cpu')
-    if not is_official_checkpoint(ckpt):
-        raise ValueError(f'{path} is not in the STViT authors\' format (a '
-                         'dict with "model" and no "state_dict")')
-    sd = convert_official(ckpt, backbone_only=backbone_only)
-    print_log(
-        f'mmstvit: {path} is an official STViT checkpoint; converted '
-        f"{len(ckpt['model'])} tensors of its 'model' entry to "
-        f'{len(sd)} mm keys' +
-        (' (backbone only: the ImageNet classification tail is dropped and '
-         'the necks and heads of this model are not in the file)'
-         if backbone_only else ''),
-        logger='current',
-        level=30 if backbone_only else 20)
-    meta = dict(converted_from=path, epoch=ckpt.get('epoch', None))
-    return dict(state_dict=sd, meta=meta)
-
-
-def register_official_scheme():
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(
-        prefixes=[OFFICIAL_SCHEME, OFFICIAL_BACKBONE_SCHEME],
-        loader=load_from_stvit_official,
-        force=True)
+        check_backbone_state_dict(
+            STViT(**kwargs), sd, path,
+            partial_hint='load_from must hold the whole backbone; for a '
+            "partial load use the backbone's init_cfg=dict(type="
+            "'Pretrained', checkpoint=..., strict=False) instead.")
+    except CheckpointMismatchError as e:
+        raise _checkpoint_error(path, e) from None
 
 
 def convert_load_from(cfg, task: str) -> None:
     """Makes ``cfg.load_from`` of the authors' format load converted (for
-    fine-tuning from it); refuses to *resume* from such a file."""
+    fine-tuning from it), after the strict backbone check; refuses to
+    *resume* from such a file."""
+    from mmstvit.utils.checkpoint import (OFFICIAL_BACKBONE_SCHEME,
+                                          OFFICIAL_SCHEME,
+                                          is_official_checkpoint,
+                                          load_checkpoint_file)
     path = cfg.get('load_from', None)
     if not isinstance(path, str) or is_remote(path) or \
             path.startswith((OFFICIAL_SCHEME, OFFICIAL_BACKBONE_SCHEME)) or \
             not osp.isfile(osp.expanduser(path)):
         return
     path = osp.expanduser(path)
-    if checkpoint_format(path) != 'official':
+    try:
+        ckpt = load_checkpoint_file(path, mmap=True)
+    except (ValueError, pickle.UnpicklingError) as e:
+        raise _checkpoint_error(path, e) from None
+    if not is_official_checkpoint(ckpt):
         return
     if cfg.get('resume', False):
         raise SystemExit(
             f'mmstvit: cannot resume from {path}: it is an official STViT '
             'ImageNet checkpoint, with no mm training state. Start a new run '
             'from it with load_from (or the backbone init_cfg) instead.')
+    check_official_against_config(ckpt, cfg, path)
     cfg.load_from = official_load_from(path, task)
 
 
 def official_load_from(path: str, task: str) -> str:
     """The ``load_from`` that makes the Runner load an official file."""
+    from mmstvit.utils.checkpoint import (OFFICIAL_BACKBONE_SCHEME,
+                                          OFFICIAL_SCHEME,
+                                          register_official_scheme)
     register_official_scheme()
     scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
         OFFICIAL_BACKBONE_SCHEME
     return scheme + path
+
+
+def checkpoint_keys(path: str) -> List[str]:
+    """The model keys of a local checkpoint (an official file's converted
+    to mm names), read memory-mapped."""
+    from mmstvit.utils.checkpoint import (convert_official,
+                                          extract_state_dict,
+                                          is_official_checkpoint,
+                                          load_checkpoint_file)
+    ckpt = load_checkpoint_file(path, mmap=True)
+    if is_official_checkpoint(ckpt):
+        return list(convert_official(ckpt))
+    return list(extract_state_dict(ckpt))
+
+
+def untrained_parts_message(path: str, missing: List[str], task: str,
+                            config: str) -> str:
+    """What ``tools/test.py`` says for a checkpoint that leaves part of the
+    model random."""
+    from mmstvit.utils.checkpoint import _summarise
+    parts = sorted({k.split('.')[0] for k in missing})
+    only_backbone = 'backbone' not in parts
+    lines = [f'mmstvit: {path} does not hold the weights of the whole '
+             f'model: {len(missing)} tensors of {", ".join(parts)} are not '
+             'in it and would be evaluated at their random initial values; '
+             'stopped.',
+             f'  missing: {_summarise(missing, 6)}']
+    if only_backbone and task in ('mmdet', 'mmseg'):
+        lines.append(
+            '  It holds backbone weights only (e.g. the ImageNet '
+            'classifier of the authors). Train the detector/segmentor '
+            f'first: python tools/train.py {config} (its init_cfg loads the '
+            'ImageNet weights into the backbone), then test the checkpoint '
+            'the run saves; to fine-tune from a file, set it as load_from '
+            'in the config.')
+    else:
+        lines.append('  Test a checkpoint saved by training this config '
+                     '(work_dirs/<config>/epoch_N.pth or iter_N.pth).')
+    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------

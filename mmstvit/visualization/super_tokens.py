@@ -31,6 +31,7 @@ pixel covering the image's remainder). Every error a user can cause raises
 import math
 import os
 import os.path as osp
+import pickle
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -365,43 +366,24 @@ def build_stvit_from_config(config, checkpoint: Optional[str] = None,
 
 
 def load_weights(backbone, checkpoint: str) -> dict:
-    """Loads an mm checkpoint or the authors' file into ``backbone``."""
+    """Loads an mm checkpoint or the authors' file into ``backbone`` with
+    the project's one loader (weights-only, strict)."""
     from mmstvit.utils.checkpoint import (CheckpointMismatchError,
-                                          backbone_state_dict,
-                                          extract_state_dict,
-                                          load_checkpoint_file)
-
-    def fail(e):
-        msg = ' '.join(str(e).split())
-        raise VisualizationError(
-            f'cannot load checkpoint {checkpoint}: {msg}') from (
-                e if isinstance(e, BaseException) else None)
-
+                                          load_stvit_state_dict)
     if not osp.isfile(str(checkpoint)):
         raise VisualizationError(
             f'cannot load checkpoint {checkpoint}: no such file')
     try:
-        ckpt = load_checkpoint_file(checkpoint)
-        # authors' files: 'model'; mm checkpoints: 'state_dict'
-        sd = extract_state_dict(ckpt)
-        sd, _ = backbone_state_dict(sd)
-    except (ValueError, KeyError, CheckpointMismatchError) as e:
-        fail(e)
-    own = backbone.state_dict()
-    bad = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in sd]
-    if bad or len(missing) == len(own):
-        detail = (f'{bad[0]} has shape {tuple(sd[bad[0]].shape)} in the '
-                  f'file but {tuple(own[bad[0]].shape)} in the model'
-                  if bad else 'no key matches the model')
-        fail(f'it holds another model ({detail}); does the config build '
-             f'the same STViT variant?')
-    res = backbone.load_state_dict(sd, strict=False)
-    if res.missing_keys:
-        _log_stderr(f'warning: {len(res.missing_keys)} backbone tensors are '
-                    f'not in {checkpoint} and keep their initial values '
-                    f'(e.g. {res.missing_keys[0]})')
-    return dict(missing=res.missing_keys, unexpected=res.unexpected_keys)
+        return load_stvit_state_dict(backbone, str(checkpoint))
+    except CheckpointMismatchError as e:
+        msg = ' '.join(str(e).split())
+        raise VisualizationError(
+            f'cannot load checkpoint {checkpoint}: it holds another model '
+            f'than the config builds: {msg}') from e
+    except (ValueError, KeyError, pickle.UnpicklingError) as e:
+        msg = ' '.join(str(e).split())
+        raise VisualizationError(
+            f'cannot load checkpoint {checkpoint}: {msg}') from e
 
 
 def read_image(path) -> np.ndarray:

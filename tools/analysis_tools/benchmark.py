@@ -262,6 +262,8 @@ def settings(args):
 
 def run(args):
     import mmstvit  # noqa: F401
+    from mmstvit.utils.launch import quiet_third_party_warnings
+    quiet_third_party_warnings()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,6 +27,7 @@ above its tolerance (float32: 1e-4 relative to the tensor's scale).
 import argparse
 import copy
 import os.path as osp
+import pickle
 import sys
 from collections import OrderedDict
 
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', default=None,
                         help='an official ImageNet file (stvit-*-224.pth); '
                         'default: seeded random weights')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='trust --checkpoint: unpickle it fully even if '
+                        'it holds objects beyond weights')
     parser.add_argument('--ema', action='store_true',
                         help="with --checkpoint: use its 'model_ema'")
     parser.add_argument('--size', nargs=2, type=int, default=[480, 352],
@@ -94,7 +98,11 @@ def randomised(state_dict, seed):
 def official_weights(args, theirs):
     if args.checkpoint is None:
         return randomised(theirs.state_dict(), args.seed)
-    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=False)
+    from mmstvit.utils.checkpoint import load_checkpoint_file
+    try:
+        ckpt = load_checkpoint_file(args.checkpoint, unsafe=args.unsafe_load)
+    except (ValueError, pickle.UnpicklingError) as e:
+        raise SystemExit(f'check_official: {e}') from None
     key = 'model_ema' if args.ema else 'model'
     if not isinstance(ckpt, dict) or key not in ckpt:
         raise SystemExit(f'{args.checkpoint} has no {key!r} entry: is it an '
@@ -128,6 +136,8 @@ def classifier(arch):
     from mmpretrain.registry import MODELS
 
     import mmstvit  # noqa: F401
+    from mmstvit.utils.launch import quiet_third_party_warnings
+    quiet_third_party_warnings()
     cfg = Config.fromfile(
         osp.join(ROOT, 'configs', f'stvit_{arch[0]}_in1k_224.py'))
     init_default_scope(cfg.default_scope)

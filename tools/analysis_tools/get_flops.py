@@ -92,6 +92,8 @@ def measure(config, shape=None):
     from mmengine.config import Config
 
     import mmstvit  # noqa: F401
+    from mmstvit.utils.launch import quiet_third_party_warnings
+    quiet_third_party_warnings()
     from mmstvit.utils.launch import detect_task
     cfg = Config.fromfile(config)
     task = detect_task(cfg)

@@ -13,6 +13,7 @@ conversion; converting once saves unpickling its optimizer state each time.
 import argparse
 import os
 import os.path as osp
+import pickle
 import sys
 
 import torch
@@ -30,6 +31,10 @@ def parse_args(argv=None):
         help="convert the file's 'model_ema' weights instead of 'model'")
     parser.add_argument(
         '--force', action='store_true', help='overwrite dst if it exists')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='trust src: unpickle it fully even if it holds objects beyond '
+        'weights (can run code it holds; only for files you trust)')
     return parser.parse_args(argv)
 
 
@@ -46,7 +51,10 @@ def main(argv=None):
     if osp.exists(args.dst) and not args.force:
         sys.exit(f'stvit_to_mm: {args.dst} exists; pass --force to '
                  'overwrite it')
-    ckpt = load_checkpoint_file(args.src)
+    try:
+        ckpt = load_checkpoint_file(args.src, unsafe=args.unsafe_load)
+    except (ValueError, pickle.UnpicklingError) as e:
+        sys.exit(f'stvit_to_mm: {e}')
     which = 'model_ema' if args.ema else 'model'
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         sys.exit(f'stvit_to_mm: {args.src} is not an official STViT '

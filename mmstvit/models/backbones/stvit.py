@@ -20,7 +20,6 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmstvit.utils.checkpoint import load_stvit_state_dict
 
 # ---------------------------------------------------------------------------
 # small helpers
@@ -992,11 +991,30 @@ class STViT(BaseModule):
 
     # -- weights -------------------------------------------------------------
     def init_weights(self):
+        """``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an
+        official or mm checkpoint strictly (every backbone tensor, with its
+        shape); ``strict=False`` allows a partial load, ``prefix`` picks the
+        keys of a sub-module, ``which='model_ema'`` the authors' EMA weights
+        and ``unsafe_load=True`` unpickles a trusted file beyond the
+        allow-list (see :mod:`mmstvit.utils.checkpoint`)."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from mmstvit.utils.checkpoint import load_stvit_state_dict
+            known = {'type', 'checkpoint', 'prefix', 'map_location',
+                     'strict', 'which', 'unsafe_load'}
+            unknown = sorted(set(cfg) - known)
+            if unknown:
+                raise KeyError(
+                    f'STViT: init_cfg has unknown keys {unknown}; '
+                    f'Pretrained takes {sorted(known)}')
+            if not cfg.get('checkpoint'):
+                raise ValueError("STViT: init_cfg=dict(type='Pretrained') "
+                                 'needs checkpoint=PATH')
             load_stvit_state_dict(
                 self, cfg['checkpoint'], prefix=cfg.get('prefix'),
-                map_location=cfg.get('map_location', 'cpu'))
+                map_location=cfg.get('map_location', 'cpu'),
+                which=cfg.get('which'), strict=cfg.get('strict', True),
+                unsafe=cfg.get('unsafe_load', False))
             self._is_init = True
             return
         # The authors initialise only Linear and LayerNorm layers explicitly
