@@ -3,7 +3,7 @@
 job: on rank 0 only, read from each launcher's environment; in a 2-process
 torchrun run of tools/train.py its log line appears once per annotation
 file, and a bad annotation file still stops both processes with the
-message."""
+message. And the benchmark of the check against pycocotools runs."""
 import json
 import os
 import os.path as osp
@@ -221,3 +221,36 @@ def test_torchrun_stops_both_processes_on_a_bad_annotation_file(
     assert processes_mentioning(str(work)) == [], 'a process was left'
     assert seconds < 180
 
+
+# --------------------------------------------------------------------------
+# tools/analysis_tools/benchmark_data_check.py
+# --------------------------------------------------------------------------
+
+
+def test_benchmark_data_check_runs(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(REPO, 'tools', 'analysis_tools', 'benchmark_data_check.py'),
+        '--images', '30', '--annotations', '200', '--out',
+        str(out)
+    ],
+                          cwd=tmp_path,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '200 of 200 annotations written' in proc.stderr
+    assert 'measuring pycocotools COCO(path)' in proc.stderr
+    table = proc.stdout
+    assert 'bench.json' in table and '30 images, 200 annotations' in table
+    for row in ('pycocotools COCO(path)',
+                'mmstvit check_coco_annotation(path)'):
+        line = next(l for l in table.splitlines() if l.startswith(row))
+        seconds, peak, added = map(float, line[len(row):].split())
+        assert seconds >= 0 and peak > 0 and added >= 0
+    assert 'mmstvit / pycocotools:' in table
+    from mmstvit.datasets.checks import check_coco_annotation
+    info = check_coco_annotation(out)
+    assert (info['num_images'], info['num_annotations'],
+            info['num_categories']) == (30, 200, 80)
