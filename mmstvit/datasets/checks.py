@@ -7,6 +7,9 @@ or a mislabelled PNG surface as an obscure error deep inside a data loader
 (or, worse, as silently wrong training). Only numpy and Pillow are used.
 """
 import json
+import json.decoder
+import json.scanner
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -65,6 +68,250 @@ def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+# JSON numbers parse to exactly these types (bool is a separate JSON type)
+_NUMBER_TYPES = frozenset((int, float))
+_WS_CHARS = frozenset(' \t\n\r')
+_skip_ws = re.compile(r'[ \t\n\r]*').match
+_COCO_KEYS = ('images', 'annotations', 'categories')
+_IMAGE_KEYS = ('id', 'file_name', 'width', 'height')
+_CATEGORY_KEYS = ('id', 'name')
+
+
+class _IdEntries:
+    """The checks of the ``images`` or ``categories`` entries, fed one
+    entry at a time: keeps the ids and the positions of bad entries."""
+
+    def __init__(self, key, required):
+        self.key, self.required = key, required
+        self.count = 0
+        self.ids, self.bad = [], []
+
+    def add(self, entry):
+        if (type(entry) is dict and all(k in entry for k in self.required)
+                and _is_int(entry['id'])):
+            self.ids.append(entry['id'])
+        else:
+            self.bad.append(self.count)
+        self.count += 1
+
+    def id_set(self, path, fix):
+        """The ids; raises on bad entries and duplicate ids."""
+        if self.bad:
+            raise DataError(
+                f'{path}: entries lack {", ".join(self.required)} or have a '
+                'non-integer id: '
+                f'{_examples(f"{self.key}[{i}]" for i in self.bad)}. {fix}')
+        ids = set(self.ids)
+        if len(ids) != len(self.ids):
+            dups = sorted(i for i, n in Counter(self.ids).items() if n > 1)
+            raise DataError(f'{path}: duplicate {self.key} ids: '
+                            f'{_examples(dups)}. {fix}')
+        return ids
+
+
+class _Annotations:
+    """The checks of the ``annotations`` entries, fed one entry at a time.
+
+    A parsed annotation (with its polygons, most of a COCO file) can be
+    dropped as soon as :meth:`add` returns: only its id, image id and
+    category id are kept, for :meth:`problems` to look up once images and
+    categories are known. Messages are built for bad entries only.
+    """
+
+    _NOT_AN_OBJECT = object()
+
+    def __init__(self):
+        self.count = 0
+        self.ids, self.image_ids, self.category_ids = [], [], []
+        self.bad_box, self.bad_seg = [], []
+
+    def add(self, ann):
+        i = self.count
+        self.count = i + 1
+        if type(ann) is not dict:
+            self.bad_box.append(f'annotations[{i}] (not an object)')
+            self.image_ids.append(self._NOT_AN_OBJECT)
+            self.category_ids.append(None)
+            self.ids.append(None)
+            return
+        get = ann.get
+        self.ids.append(get('id'))
+        self.image_ids.append(get('image_id'))
+        self.category_ids.append(get('category_id'))
+        box = get('bbox')
+        if not (type(box) is list and len(box) == 4
+                and type(box[0]) in _NUMBER_TYPES
+                and type(box[1]) in _NUMBER_TYPES
+                and type(box[2]) in _NUMBER_TYPES
+                and type(box[3]) in _NUMBER_TYPES):
+            self.bad_box.append(f'{self._where(i)}: bbox {box!r}')
+        seg = get('segmentation')
+        if seg is None or type(seg) is dict:  # no mask, or an RLE
+            return
+        if type(seg) is list:
+            issuperset = _NUMBER_TYPES.issuperset
+            for poly in seg:
+                if (type(poly) is not list or len(poly) < 6 or len(poly) % 2
+                        or not issuperset(map(type, poly))):
+                    break
+            else:
+                return
+        self.bad_seg.append(self._where(i))
+
+    def _where(self, i):
+        return f'annotations[{i}] (id {self.ids[i]})'
+
+    def problems(self, image_ids, cat_ids):
+        """What is wrong with the entries fed, one phrase per kind."""
+        unknown_img, unknown_cat = [], []
+        skip = self._NOT_AN_OBJECT
+        for i, (img, cat) in enumerate(
+                zip(self.image_ids, self.category_ids)):
+            if img is skip:
+                continue
+            try:
+                known = img in image_ids and cat in cat_ids
+            except TypeError:  # an unhashable id (a list, an object)
+                known = False
+            if known:
+                continue
+            if not _contains(image_ids, img):
+                unknown_img.append(f'{self._where(i)}: image_id {img!r}')
+            if not _contains(cat_ids, cat):
+                unknown_cat.append(f'{self._where(i)}: category_id {cat!r}')
+        problems = []
+        if unknown_img:
+            problems.append('annotations refer to image ids missing from '
+                            f'"images": {_examples(unknown_img)}')
+        if unknown_cat:
+            problems.append('annotations refer to category ids missing from '
+                            f'"categories" (ids {sorted(cat_ids)}): '
+                            f'{_examples(unknown_cat)}')
+        if self.bad_box:
+            problems.append('bbox must be [x, y, w, h] numbers: '
+                            f'{_examples(self.bad_box)}')
+        if self.bad_seg:
+            problems.append('segmentation must be a list of polygons '
+                            '[x0, y0, x1, y1, ...] with >= 3 points, or an '
+                            f'RLE dict: {_examples(self.bad_seg)}')
+        return problems
+
+
+def _contains(ids, value):
+    try:
+        return value in ids
+    except TypeError:
+        return False
+
+
+class _NotFastPath(Exception):
+    """The text is not a JSON object that :func:`_parse_coco` reads (or is
+    broken where it reads it): ``json.loads`` decides what it is."""
+
+
+def _scan_array(text, i, scan, add):
+    """Feeds each element of the JSON array at ``text[i] == '['`` to
+    ``add`` as soon as it is parsed; returns the index after the ``]``."""
+    i = _skip_ws(text, i + 1).end()
+    if text[i:i + 1] == ']':
+        return i + 1
+    while True:
+        try:
+            value, i = scan(text, i)
+        except StopIteration as e:  # as json.JSONDecoder.raw_decode says it
+            raise json.JSONDecodeError('Expecting value', text,
+                                       e.value) from None
+        add(value)
+        c = text[i:i + 1]
+        if c in _WS_CHARS:
+            i = _skip_ws(text, i).end()
+            c = text[i:i + 1]
+        if c == ']':
+            return i + 1
+        if c != ',':
+            raise _NotFastPath
+        i += 1
+        if text[i:i + 1] in _WS_CHARS:
+            i = _skip_ws(text, i).end()
+
+
+def _parse_coco(text, streamed):
+    """Parses a JSON object like ``json.loads``, except that the arrays under
+    the keys of ``streamed`` (a key -> checker factory dict) are not built:
+    each element goes to ``checker.add`` once parsed and is then dropped;
+    the checker stands in for the array in the result.
+
+    json's own scanner parses every value and element, so errors inside them
+    are ``json.JSONDecodeError`` s with json's message and position; for
+    anything else (not an object, a broken delimiter at this level) it
+    raises :class:`_NotFastPath`.
+    """
+    scan = json.scanner.make_scanner(json.JSONDecoder())
+    i = _skip_ws(text, 0).end()
+    if text[i:i + 1] != '{':
+        raise _NotFastPath
+    data = {}
+    i = _skip_ws(text, i + 1).end()
+    if text[i:i + 1] == '}':
+        i += 1
+    else:
+        while True:
+            if text[i:i + 1] != '"':
+                raise _NotFastPath
+            key, i = json.decoder.scanstring(text, i + 1)
+            i = _skip_ws(text, i).end()
+            if text[i:i + 1] != ':':
+                raise _NotFastPath
+            i = _skip_ws(text, i + 1).end()
+            if key in streamed and text[i:i + 1] == '[':
+                checker = streamed[key]()
+                i = _scan_array(text, i, scan, checker.add)
+                data[key] = checker
+            else:
+                try:
+                    data[key], i = scan(text, i)
+                except StopIteration as e:
+                    raise json.JSONDecodeError('Expecting value', text,
+                                               e.value) from None
+            i = _skip_ws(text, i).end()
+            c = text[i:i + 1]
+            if c == '}':
+                i += 1
+                break
+            if c != ',':
+                raise _NotFastPath
+            i = _skip_ws(text, i + 1).end()
+    if _skip_ws(text, i).end() != len(text):
+        raise _NotFastPath
+    return data
+
+
+def _load_coco(path, fix):
+    """The top-level object of a COCO file, with ``images`` and
+    ``annotations`` (where they are arrays) as checkers fed entry by entry,
+    so peak memory is about twice the file size, not the whole parsed
+    file (pycocotools' load holds that and its index)."""
+    with open(path, 'rb') as f:
+        text = f.read()
+    try:  # as json.loads decodes bytes
+        text = text.decode(json.detect_encoding(text), 'surrogatepass')
+    except UnicodeDecodeError as e:
+        raise DataError(f'COCO annotation file {path} is not valid JSON '
+                        f'({e}). {fix}') from None
+    streamed = dict(
+        images=lambda: _IdEntries('images', _IMAGE_KEYS),
+        annotations=_Annotations)
+    try:
+        try:
+            return _parse_coco(text, streamed)
+        except _NotFastPath:
+            # json's own verdict (as json.loads gives it for bytes)
+            return json.JSONDecoder().decode(text)
+    except ValueError as e:
+        raise DataError(f'COCO annotation file {path} is not valid JSON '
+                        f'({e}). {fix}') from None
+
+
 def check_coco_annotation(path):
     """Checks that a file is a usable COCO instance annotation file.
 
@@ -74,6 +321,11 @@ def check_coco_annotation(path):
     category id, has a 4-number ``bbox`` and, if present, a polygon
     ``segmentation`` with an even number (>= 6) of coordinates or an RLE
     dict.
+
+    The file is parsed once, with json's own scanner, one image and one
+    annotation at a time: the check takes less time and memory than
+    loading the file with pycocotools (see
+    ``tools/analysis_tools/benchmark_data_check.py``).
 
     Args:
         path (str | Path): The ``.json`` file.
@@ -92,95 +344,45 @@ def check_coco_annotation(path):
     if not path.is_file():
         why = 'is a folder' if path.is_dir() else 'does not exist'
         raise DataError(f'COCO annotation file {path} {why}. {fix}')
-    try:
-        with open(path, 'rb') as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DataError(f'COCO annotation file {path} is not valid JSON '
-                        f'({e}). {fix}') from None
+    data = _load_coco(path, fix)
     if not isinstance(data, dict):
         raise DataError(f'{path} holds a JSON {type(data).__name__}, not a '
                         'COCO object with "images", "annotations" and '
                         f'"categories". {fix}')
-    missing = [k for k in ('images', 'annotations', 'categories')
-               if k not in data]
+    missing = [k for k in _COCO_KEYS if k not in data]
     if missing:
         raise DataError(f'{path} is not a COCO instances file: it lacks '
                         f'{", ".join(repr(k) for k in missing)} (has '
                         f'{_examples(sorted(map(repr, data)))}). {fix}')
-    for key in ('images', 'annotations', 'categories'):
-        if not isinstance(data[key], list):
+    checkers = {}
+    for key in _COCO_KEYS:
+        value = data[key]
+        if isinstance(value, (_IdEntries, _Annotations)):
+            checkers[key] = value  # fed while parsing
+            continue
+        if not isinstance(value, list):
             raise DataError(f'{path}: "{key}" must be a list, got '
-                            f'{type(data[key]).__name__}. {fix}')
-
-    def ids_of(key, required):
-        ids, bad = [], []
-        for i, entry in enumerate(data[key]):
-            if (not isinstance(entry, dict)
-                    or any(k not in entry for k in required)
-                    or not _is_int(entry['id'])):
-                bad.append(f'{key}[{i}]')
-            else:
-                ids.append(entry['id'])
-        if bad:
-            raise DataError(
-                f'{path}: entries lack {", ".join(required)} or have a '
-                f'non-integer id: {_examples(bad)}. {fix}')
-        dups = sorted(i for i, n in Counter(ids).items() if n > 1)
-        if dups:
-            raise DataError(f'{path}: duplicate {key} ids: '
-                            f'{_examples(dups)}. {fix}')
-        return set(ids)
-
-    image_ids = ids_of('images', ('id', 'file_name', 'width', 'height'))
-    cat_ids = ids_of('categories', ('id', 'name'))
-    if not data['categories']:
+                            f'{type(value).__name__}. {fix}')
+        checker = _Annotations() if key == 'annotations' else _IdEntries(
+            key, _IMAGE_KEYS if key == 'images' else _CATEGORY_KEYS)
+        for entry in value:
+            checker.add(entry)
+        checkers[key] = checker
+    categories = data['categories']
+    del data, value
+    image_ids = checkers['images'].id_set(path, fix)
+    cat_ids = checkers['categories'].id_set(path, fix)
+    if not categories:
         raise DataError(f'{path}: "categories" is empty. {fix}')
-
-    unknown_img, unknown_cat, bad_box, bad_seg = [], [], [], []
-    for i, ann in enumerate(data['annotations']):
-        if not isinstance(ann, dict):
-            bad_box.append(f'annotations[{i}] (not an object)')
-            continue
-        where = f'annotations[{i}] (id {ann.get("id")})'
-        if ann.get('image_id') not in image_ids:
-            unknown_img.append(f'{where}: image_id {ann.get("image_id")!r}')
-        if ann.get('category_id') not in cat_ids:
-            unknown_cat.append(
-                f'{where}: category_id {ann.get("category_id")!r}')
-        box = ann.get('bbox')
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(_is_number(v) for v in box)):
-            bad_box.append(f'{where}: bbox {box!r}')
-        seg = ann.get('segmentation')
-        if seg is None or isinstance(seg, dict):
-            continue
-        if not isinstance(seg, list) or not all(
-                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                and all(_is_number(v) for v in p) for p in seg):
-            bad_seg.append(where)
-    problems = []
-    if unknown_img:
-        problems.append('annotations refer to image ids missing from '
-                        f'"images": {_examples(unknown_img)}')
-    if unknown_cat:
-        problems.append('annotations refer to category ids missing from '
-                        f'"categories" (ids {sorted(cat_ids)}): '
-                        f'{_examples(unknown_cat)}')
-    if bad_box:
-        problems.append('bbox must be [x, y, w, h] numbers: '
-                        f'{_examples(bad_box)}')
-    if bad_seg:
-        problems.append('segmentation must be a list of polygons '
-                        '[x0, y0, x1, y1, ...] with >= 3 points, or an RLE '
-                        f'dict: {_examples(bad_seg)}')
+    anns = checkers['annotations']
+    problems = anns.problems(image_ids, cat_ids)
     if problems:
         raise DataError(f'{path} is not a valid COCO instances file: '
                         + '; '.join(problems) + f'. {fix}')
-    cats = sorted(data['categories'], key=lambda c: c['id'])
+    cats = sorted(categories, key=lambda c: c['id'])
     return dict(
-        num_images=len(data['images']),
-        num_annotations=len(data['annotations']),
+        num_images=checkers['images'].count,
+        num_annotations=anns.count,
         num_categories=len(cats),
         categories=tuple(c['name'] for c in cats))
 

@@ -510,11 +510,22 @@ def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
                    max_label_maps: int = 200) -> None:
     """Checks the data the config names, before anything is built: the data
     roots exist, COCO annotation files are COCO, label maps hold classes in
-    range. Raises :class:`mmstvit.datasets.checks.DataError` naming the
-    config key and the fix."""
+    range. Logs one line per file or folder checked; raises
+    :class:`mmstvit.datasets.checks.DataError` naming the config key and
+    the fix."""
+    import time
+
+    from mmengine.logging import print_log
+
     from mmstvit.datasets.checks import (check_coco_annotation,
                                          check_data_root,
                                          check_seg_label_maps)
+
+    def log(path, what, t0):
+        print_log(
+            f'mmstvit: data check: {path}: {what} '
+            f'({time.perf_counter() - t0:.1f} s)',
+            logger='current')
     seen = set()
     for split in splits:
         loader = cfg.get(f'{split}_dataloader', None)
@@ -534,7 +545,11 @@ def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
             path = ann if osp.isabs(ann) else osp.join(root, ann)
             if path not in seen:
                 seen.add(path)
-                check_coco_annotation(path)
+                t0 = time.perf_counter()
+                info = check_coco_annotation(path)
+                log(path, f"{info['num_images']} images, "
+                    f"{info['num_annotations']} annotations, "
+                    f"{info['num_categories']} categories", t0)
         prefix = ds.get('data_prefix', None) or {}
         seg_dir = prefix.get('seg_map_path', None)
         if task == 'mmseg' and seg_dir:
@@ -544,17 +559,52 @@ def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
                 seen.add(path)
                 # reduce_zero_label: stored 0 is "unlabelled", classes 1..N
                 extra = 1 if ds.get('reduce_zero_label', False) else 0
-                check_seg_label_maps(
+                t0 = time.perf_counter()
+                n = check_seg_label_maps(
                     path, num_classes + extra,
                     ignore_index=ds.get('ignore_index', 255),
                     max_files=max_label_maps,
                     suffix=ds.get('seg_map_suffix', '.png'))
+                log(path, f'{n} label maps with classes in range', t0)
 
 
-def stop_on_bad_data(cfg, task: str, splits) -> None:
-    """:func:`check_datasets`, ending the tool with its message (exit code 1,
-    no traceback) when the data cannot be used."""
+# each launcher's environment variable with the rank of the process, set
+# before the process starts (so before any process group exists)
+LAUNCHER_RANK_VARS = dict(
+    pytorch='RANK', slurm='SLURM_PROCID', mpi='OMPI_COMM_WORLD_RANK')
+
+
+def launcher_rank(launcher: str) -> int:
+    """The rank of this process in a job started by ``launcher`` (``RANK``
+    from torchrun, ``SLURM_PROCID`` from srun, ``OMPI_COMM_WORLD_RANK``
+    from mpirun); 0 for ``'none'`` and where the variable is not set."""
+    var = LAUNCHER_RANK_VARS.get(launcher, None)
+    try:
+        return int(os.environ.get(var, 0)) if var else 0
+    except ValueError:
+        return 0
+
+
+def stop_on_bad_data(cfg, task: str, splits, launcher=None) -> None:
+    """:func:`check_datasets` on rank 0 of the job only, ending the tool with
+    its message (exit code 1, no traceback) when the data cannot be used.
+
+    The other ranks go on to start the process group, where they wait for
+    rank 0; when rank 0 stops instead, the launcher ends them too (torchrun
+    does, srun with ``--kill-on-bad-exit=1`` as in tools/slurm_train.sh,
+    mpirun does), so a bad file stops the whole job with one message and
+    costs one parse of each annotation file per job, not one per process.
+
+    Args:
+        launcher (str, optional): ``none``, ``pytorch``, ``slurm`` or
+            ``mpi``; by default ``cfg.launcher`` (set by the tools from
+            ``--launcher``).
+    """
     from mmstvit.datasets.checks import DataError
+    if launcher is None:
+        launcher = cfg.get('launcher', 'none')
+    if launcher_rank(launcher) != 0:
+        return
     try:
         check_datasets(cfg, task, splits=splits)
     except DataError as e:
