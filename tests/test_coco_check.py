@@ -6,7 +6,6 @@ says, on good files and on every kind of broken one, including every
 truncation of a file. Like tests/test_toy_data.py, the modules are loaded
 from their files, so neither torch nor OpenMMLab is needed.
 """
-import importlib.util
 import json
 import random
 from collections import Counter
@@ -14,19 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_toy_data import checks, toy  # loaded from their files
 
-
-def _load(name):
-    path = ROOT / 'mmstvit' / 'datasets' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(f'_mmstvit_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = _load('toy_data')
-checks = _load('checks')
 DataError = checks.DataError
 
 
