@@ -220,7 +220,7 @@ def pixel_attention(attn, x: torch.Tensor, queries: torch.Tensor,
     _, C, H0, W0 = x.shape
     queries = torch.as_tensor(queries, dtype=torch.long, device=x.device)
     mod = attn.stoken_refine
-    if not attn.samples:
+    if not attn.uses_super_tokens:
         idx = queries[:, 0] * W0 + queries[:, 1]
         # only the query rows of the softmax: an N x N map would not fit in
         # memory for large images
@@ -229,11 +229,12 @@ def pixel_attention(attn, x: torch.Tensor, queries: torch.Tensor,
         maps = _select_head(w, head)[0].reshape(-1, H0, W0)
         return dict(maps=maps, mass=maps.sum((1, 2)))
 
-    s = attn.associate(x)
-    hh, ww, H, W, _, _ = grid = s['grid']
+    sampling = attn.associate(x)
+    hh, ww, H, W, _, _ = grid = sampling.grid
     sh, sw = attn.stoken_size
-    assoc = s['assoc'][0]  # (n, P, 9)
-    A = _select_head(mod.attention_weights(s['stokens']), head)[0]  # (n, n)
+    assoc = sampling.assoc[0]  # (n, P, 9)
+    A = _select_head(mod.attention_weights(sampling.stokens),
+                     head)[0]  # (n, n)
     ids, valid = neighbour_table(hh, ww, x.device)
     vmask = valid.to(assoc.dtype)
 
@@ -677,13 +678,14 @@ def super_token_maps(model: LoadedModel, picture: np.ndarray,
     with torch.no_grad():
         for i in stages:
             attn = model.backbone.layers[i].blocks[blocks[i]].attn
-            s = attn.associate(feats[(i, blocks[i])])
-            learned = hard_assignment(s['assoc'], s['grid'], attn.stoken_size)
-            initial = initial_assignment(s['grid'], attn.stoken_size)
+            sampling = attn.associate(feats[(i, blocks[i])])
+            learned = hard_assignment(sampling.assoc, sampling.grid,
+                                      attn.stoken_size)
+            initial = initial_assignment(sampling.grid, attn.stoken_size)
             out[i] = dict(learned={k: v[0].cpu() for k, v in learned.items()},
                           initial={k: v[0].cpu() for k, v in initial.items()},
-                          grid=s['grid'], stoken_size=attn.stoken_size,
-                          assoc=s['assoc'][0].cpu())
+                          grid=sampling.grid, stoken_size=attn.stoken_size,
+                          assoc=sampling.assoc[0].cpu())
     return out, net_size
 
 
