@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-TASKS = ('mmdet', 'mmseg', 'mmpretrain')
+from mmstvit.builder import TASKS, detect_task  # noqa: F401 (re-exported)
 
 #: third-party warnings that every run of a tool would print and that no
 #: user can act on: (category, message regex, why it is safe to hide)
@@ -48,21 +48,6 @@ def quiet_third_party_warnings() -> None:
 # ---------------------------------------------------------------------------
 # tasks
 # ---------------------------------------------------------------------------
-
-
-def detect_task(cfg) -> str:
-    """The toolbox of a config: its ``default_scope``, else the scope of
-    ``model.type`` (``'mmdet.MaskRCNN'``), else ``'mmengine'``."""
-    scope = cfg.get('default_scope', None)
-    if scope in TASKS:
-        return scope
-    model = cfg.get('model', None)
-    mtype = model.get('type', None) if isinstance(model, dict) else None
-    if isinstance(mtype, str) and '.' in mtype:
-        prefix = mtype.split('.', 1)[0]
-        if prefix in TASKS:
-            return prefix
-    return 'mmengine'
 
 
 def register_toolbox(task: str) -> None:

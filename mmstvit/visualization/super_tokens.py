@@ -263,20 +263,12 @@ def pixel_attention(attn, x: torch.Tensor, queries: torch.Tensor,
 
 
 def _load_config(config):
-    from mmengine.config import Config
-    if isinstance(config, Config):
-        return config, getattr(config, 'filename', None) or '<config>'
-    if isinstance(config, dict):
-        return Config(config), '<config dict>'
-    path = str(config)
-    if not osp.isfile(path):
-        raise VisualizationError(f'cannot read config {path}: no such file')
+    from mmstvit.builder import ConfigError, config_name, load_config
     try:
-        return Config.fromfile(path), path
-    except Exception as e:  # mmengine raises many kinds
-        msg = ' '.join(str(e).split())[:300]
-        raise VisualizationError(
-            f'cannot read config {path}: {type(e).__name__}: {msg}') from e
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise VisualizationError(str(e)) from e
+    return cfg, config_name(cfg)
 
 
 def _preprocessor_stats(cfg) -> Tuple[tuple, tuple, bool]:
@@ -333,28 +325,13 @@ def build_stvit_from_config(config, checkpoint: Optional[str] = None,
     (``state_dict`` with ``backbone.`` keys, from any of the toolboxes) or
     the authors' ImageNet file (``model`` with their key names).
     """
-    from mmstvit.models.backbones.stvit import STViT
+    from mmstvit.builder import ConfigError, build_backbone
 
     cfg, name = _load_config(config)
-    model_cfg = cfg.get('model', None)
-    backbone_cfg = model_cfg.get('backbone', None) if isinstance(
-        model_cfg, dict) else None
-    btype = backbone_cfg.get('type', None) if isinstance(
-        backbone_cfg, dict) else None
-    tname = btype if isinstance(btype, str) else getattr(
-        btype, '__name__', repr(btype))
-    if not (isinstance(tname, str) and tname.split('.')[-1] == 'STViT'):
-        raise VisualizationError(
-            f"config {name} has backbone type {tname}; these tools need "
-            f"type='STViT'")
-    kwargs = {k: v for k, v in backbone_cfg.to_dict().items()
-              if k not in ('type', 'init_cfg', 'pretrained')}
-    kwargs['drop_path_rate'] = 0.
     try:
-        backbone = STViT(**kwargs, init_cfg=None)
-    except (TypeError, ValueError, KeyError) as e:
-        raise VisualizationError(
-            f'cannot build the STViT backbone of {name}: {e}') from e
+        backbone = build_backbone(cfg)
+    except ConfigError as e:
+        raise VisualizationError(str(e)) from e
     if checkpoint is not None:
         load_weights(backbone, checkpoint)
     try:
