@@ -15,7 +15,8 @@ model = dict(
         _delete_=True,
         type='STViT',
         arch='small',
-        stoken_size=(16, 8, 2, 1),  # dense prediction (DESIGN: 82.3G backbone)
+        # dense prediction sizes: see docs/reference_numbers.md
+        stoken_size=(16, 8, 2, 1),
         n_iter=1,
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),

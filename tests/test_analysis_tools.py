@@ -30,7 +30,7 @@ def test_get_flops_cli_detector_at_a_given_shape():
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'input: 160x128 (W x H)' in out.stdout
-    assert 'params: 44.11 M' in out.stdout  # DESIGN.md: 44.11M
+    assert 'params: 44.11 M' in out.stdout  # docs/reference_numbers.md: 44.11M
 
 
 def test_get_flops_needs_a_config():

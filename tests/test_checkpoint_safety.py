@@ -427,7 +427,7 @@ def test_a_broken_toolbox_stops_only_its_own_features(tmp_path):
         'from mmstvit.utils import launch',
         'try:',
         '    launch.register_toolbox("mmseg")',
-        'except SystemExit as e:',
+        'except launch.ToolError as e:',
         '    print("tool:", e)',
     ])
     r = _run_python(code, tmp_path, env_path=tmp_path / 'fake')

@@ -59,12 +59,12 @@ def test_only_rank_0_of_each_launcher_checks(clean_rank_env, tmp_path,
         assert launch.launcher_rank(launcher) == int(rank)
         launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))  # skipped
     clean_rank_env.setenv(var, '0')
-    with pytest.raises(SystemExit, match='does not exist'):
+    with pytest.raises(launch.ToolError, match='does not exist'):
         launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # another launcher's variable does not count
     for other in RANK_VARS:
         clean_rank_env.setenv(other, '0' if other == var else '3')
-    with pytest.raises(SystemExit, match='does not exist'):
+    with pytest.raises(launch.ToolError, match='does not exist'):
         launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
 
 
@@ -73,13 +73,13 @@ def test_non_distributed_runs_always_check(clean_rank_env, tmp_path):
         clean_rank_env.setenv(var, '2')
     cfg = missing_root_cfg(tmp_path, 'none')
     assert launch.launcher_rank('none') == 0
-    with pytest.raises(SystemExit, match='does not exist'):
+    with pytest.raises(launch.ToolError, match='does not exist'):
         launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # the launcher given outright wins over cfg.launcher
     launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
     # a variable that is not a number: checked, not skipped
     clean_rank_env.setenv('RANK', 'x')
-    with pytest.raises(SystemExit, match='does not exist'):
+    with pytest.raises(launch.ToolError, match='does not exist'):
         launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
 
 

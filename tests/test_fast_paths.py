@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmstvit import STViT
+from mmstvit.models.backbones import execution, kernels
 from mmstvit.models.backbones import stvit as S
 
 # layer scale on in the last two stages (as STViT-B/L)
@@ -46,8 +47,8 @@ def plain_ops(monkeypatch):
     """Turns every fast path off: the modules run their plain ops."""
 
     def use():
-        monkeypatch.setattr(S, '_lean_autograd', lambda *t: False)
-        monkeypatch.setattr(S, '_fused_cpu', lambda *a, **k: False)
+        monkeypatch.setattr(execution, 'lean_autograd', lambda *t: False)
+        monkeypatch.setattr(execution, 'fused_cpu', lambda *a, **k: False)
 
     return use
 
@@ -58,10 +59,12 @@ def test_gelu_depthwise_gradcheck():
     w = torch.randn(3, 1, 3, 3, dtype=torch.double, requires_grad=True)
     b = torch.randn(3, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda a, w, b: S._GELUDepthwiseConv.apply(a, w, b, 1), (a, w, b))
+        lambda a, w, b: kernels.GELUDepthwiseConv.apply(a, w, b, 1),
+        (a, w, b))
     ref = torch.nn.functional.conv2d(
         torch.nn.functional.gelu(a), w, b, 1, 1, 1, 3)
-    torch.testing.assert_close(S._GELUDepthwiseConv.apply(a, w, b, 1), ref)
+    torch.testing.assert_close(
+        kernels.GELUDepthwiseConv.apply(a, w, b, 1), ref)
 
 
 def test_gelu_batchnorm_gradcheck_and_statistics():
@@ -72,11 +75,12 @@ def test_gelu_batchnorm_gradcheck_and_statistics():
     rm, rv = bn.running_mean.clone(), bn.running_var.clone()
 
     def f(a, w, b):
-        return S._GELUBatchNorm.apply(a, w, b, rm.clone(), rv.clone(), 0.1,
-                                      bn.eps)
+        return kernels.GELUBatchNorm.apply(a, w, b, rm.clone(), rv.clone(),
+                                           0.1, bn.eps)
 
     assert torch.autograd.gradcheck(f, (a, bn.weight, bn.bias))
-    out = S._GELUBatchNorm.apply(a, bn.weight, bn.bias, rm, rv, 0.1, bn.eps)
+    out = kernels.GELUBatchNorm.apply(a, bn.weight, bn.bias, rm, rv, 0.1,
+                                      bn.eps)
     ref = bn(torch.nn.functional.gelu(a))
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(rm, bn.running_mean)
@@ -182,13 +186,13 @@ def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
     """oneDNN's fused calls run in eager CPU float32 inference, not when a
     gradient is needed, not under autocast, not for NCHW-contiguous maps."""
     calls = []
-    real = S.conv_gelu
+    real = kernels.conv_gelu
 
     def spy(*args, **kw):
-        calls.append(S._fused_cpu((args[0], ), (args[1], )))
+        calls.append(execution.fused_cpu((args[0], ), (args[1], )))
         return real(*args, **kw)
 
-    monkeypatch.setattr(S, 'conv_gelu', spy)
+    monkeypatch.setattr(kernels, 'conv_gelu', spy)
     model = tiny().eval()
     stem_bn_calls = []
     for mod in model.patch_embed.modules():
@@ -200,8 +204,8 @@ def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
         model(x)
     # every ConvFFN and all four stem convolutions, fused
     assert len(calls) == sum(TINY['depths']) + 4
-    assert all(calls) == S._HAS_POINTWISE
-    assert len(stem_bn_calls) == (0 if S._HAS_POINTWISE else 4)
+    assert all(calls) == execution.HAS_POINTWISE
+    assert len(stem_bn_calls) == (0 if execution.HAS_POINTWISE else 4)
     calls.clear()
     model(x.requires_grad_())  # eval, but the input wants a gradient
     assert calls and not any(calls)

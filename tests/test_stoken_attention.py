@@ -185,9 +185,9 @@ def test_association_is_a_distribution():
     m = _module(8, (4, 4), 1, 2)
     x = torch.randn(1, 8, 10, 14)
     with torch.no_grad():
-        s = m.associate(x)
-    assoc = s['assoc']
-    hh, ww, H, W, H0, W0 = s['grid']
+        sampling = m.associate(x)
+    assoc = sampling.assoc
+    hh, ww, H, W, H0, W0 = sampling.grid
     assert (hh, ww, H, W, H0, W0) == (3, 4, 12, 16, 10, 14)
     assert assoc.shape == (1, hh * ww, 16, 9)
     assert torch.allclose(assoc.sum(-1), torch.ones(1, hh * ww, 16))
@@ -199,9 +199,9 @@ def test_association_carries_no_gradient_but_features_do():
     token update and the upsampling are differentiable in X."""
     m = _module(8, (4, 4), 1, 2).train()
     x = torch.randn(1, 8, 8, 8, requires_grad=True)
-    s = m.associate(x)
-    assert not s['assoc'].requires_grad
-    assert s['stokens'].requires_grad
+    sampling = m.associate(x)
+    assert not sampling.assoc.requires_grad
+    assert sampling.stokens.requires_grad
     m(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 

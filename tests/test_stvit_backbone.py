@@ -87,7 +87,7 @@ def test_features_are_taken_before_the_downsample():
     with torch.no_grad():
         outs = m(x)
         y = m.patch_embed(x)
-        y = m.layers[0].forward_blocks(y)
+        y = m.layers[0](y)
     assert torch.allclose(outs[0], y, atol=1e-5)
     assert outs[0].is_contiguous()  # NCHW for the neck, whatever ran inside
 

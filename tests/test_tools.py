@@ -213,6 +213,31 @@ def test_train_parse_args(train_tool, keep_local_rank):
         train_tool.parse_args(['c.py', '--launcher', 'ssh'])
 
 
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_tool_errors_end_the_tools_with_their_message(
+        tool, train_tool, test_tool, monkeypatch, tmp_path):
+    """The glue raises ToolError (library code never exits); each tool's
+    main turns it into its exit message, without a traceback."""
+    def broken(task):
+        raise launch.ToolError(f'mmstvit: this is a {task} config, but '
+                               'mmseg cannot be imported: fix it')
+
+    monkeypatch.setattr(launch, 'register_toolbox', broken)
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("default_scope = 'mmseg'\n")
+    ckpt = tmp_path / 'm.pth'
+    torch.save(dict(state_dict={}, meta={}), ckpt)
+    module = train_tool if tool == 'train' else test_tool
+    argv = [str(cfg)] + ([str(ckpt)] if tool == 'test' else [])
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert not isinstance(e.value, launch.ToolError)
+    assert str(e.value) == ('mmstvit: this is a mmseg config, but mmseg '
+                            'cannot be imported: fix it')
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    assert not issubclass(launch.ToolError, SystemExit)
+
+
 def _cfg(**kw):
     base = dict(
         default_scope='mmseg',
@@ -544,7 +569,7 @@ def test_train_load_from_official_is_converted(tmp_path):
     cfg = Config(dict(load_from=path, resume=False))
     launch.convert_load_from(cfg, 'mmpretrain')
     assert cfg.load_from == 'stvit-official://' + path
-    with pytest.raises(SystemExit, match='cannot resume'):
+    with pytest.raises(launch.ToolError, match='cannot resume'):
         launch.convert_load_from(
             Config(dict(load_from=path, resume=True)), 'mmseg')
     torch.save(dict(state_dict={}), tmp_path / 'mm.pth')
@@ -566,7 +591,7 @@ def test_official_load_from_gets_the_strict_backbone_check(tmp_path):
     partial = {k: v for k, v in sd.items() if not k.startswith('layers.3')}
     official_file(tmp_path / 'partial.pth', partial)
     cfg = Config(dict(load_from=str(tmp_path / 'partial.pth'), model=model))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(launch.ToolError) as e:
         launch.convert_load_from(cfg, 'mmdet')
     msg = str(e.value)
     assert 'missing from the file' in msg and 'layers.3.blocks.0' in msg
@@ -574,7 +599,7 @@ def test_official_load_from_gets_the_strict_backbone_check(tmp_path):
 
     official_file(tmp_path / 'small.pth', STViT('small').state_dict())
     cfg = Config(dict(load_from=str(tmp_path / 'small.pth'), model=model))
-    with pytest.raises(SystemExit, match="STViT-small .*arch='small'"):
+    with pytest.raises(launch.ToolError, match="STViT-small .*arch='small'"):
         launch.convert_load_from(cfg, 'mmdet')
 
 

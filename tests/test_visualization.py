@@ -190,10 +190,10 @@ def _features(model, image, stage, block=-1):
 def test_hard_assignment_is_a_valid_neighbour(files, model, stage):
     attn, x = _features(model, files['image'], stage)
     with torch.no_grad():
-        s = attn.associate(x)
-    hh, ww, H, W, H0, W0 = s['grid']
+        sampling = attn.associate(x)
+    hh, ww, H, W, H0, W0 = sampling.grid
     sh, sw = attn.stoken_size
-    a = hard_assignment(s['assoc'], s['grid'], attn.stoken_size)
+    a = hard_assignment(sampling.assoc, sampling.grid, attn.stoken_size)
     assert a['ids'].shape == (1, H0, W0) == tuple(x.shape[:1]) + tuple(
         x.shape[2:])
     rows, cols = a['rows'][0], a['cols'][0]
@@ -205,7 +205,7 @@ def test_hard_assignment_is_a_valid_neighbour(files, model, stage):
     assert ((rows >= 0) & (rows < hh) & (cols >= 0) & (cols < ww)).all()
     assert torch.equal(a['ids'][0], rows * ww + cols)
     # and an in-grid neighbour of largest association, pixel by pixel
-    assoc = s['assoc'][0]
+    assoc = sampling.assoc[0]
     for y, x_ in itertools.product(range(H0), range(W0)):
         i, j = y // sh, x_ // sw
         p = (y % sh) * sw + x_ % sw
@@ -227,11 +227,11 @@ def test_initial_assignment_is_the_grid():
 def naive_pixel_attention(attn, x, query):
     """The pixel attention written out term by term, in float64:
     A(p, q) = sum_k sum_k' Q_p[k] Attn(S_n(p,k), S_n(q,k')) Q_q[k'] / Z."""
-    s = attn.associate(x)
-    hh, ww, H, W, H0, W0 = s['grid']
+    sampling = attn.associate(x)
+    hh, ww, H, W, H0, W0 = sampling.grid
     sh, sw = attn.stoken_size
-    assoc = s['assoc'][0].double()
-    A = attn.stoken_refine.attention_weights(s['stokens'])[0].mean(0)
+    assoc = sampling.assoc[0].double()
+    A = attn.stoken_refine.attention_weights(sampling.stokens)[0].mean(0)
     A = A.double()
 
     def nb(i, j, k):

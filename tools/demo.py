@@ -121,20 +121,10 @@ def random_init_checkpoint(config, path):
     """The model of ``config`` at its (seeded) random init, saved as an mm
     checkpoint, so that tools/test.py can evaluate it."""
     import torch
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
 
-    import mmstvit  # noqa: F401
-    from mmstvit.utils.launch import detect_task
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    task = detect_task(cfg)
-    if task == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
+    from mmstvit.builder import build_model
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = build_model(osp.join(ROOT, config), keep_init_cfg=True)
     model.init_weights()
     os.makedirs(osp.dirname(path), exist_ok=True)
     torch.save(dict(state_dict=model.state_dict(), meta=dict(demo='init')),

@@ -161,6 +161,15 @@ def build_runner(cfg):
 
 
 def main(argv=None):
+    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` (a
+    problem the user must fix) ends it with its message, no traceback."""
+    try:
+        return run(argv)
+    except launch.ToolError as e:
+        raise SystemExit(str(e)) from None
+
+
+def run(argv=None):
     launch.quiet_third_party_warnings()
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)

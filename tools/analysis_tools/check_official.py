@@ -25,7 +25,6 @@ Prints the largest absolute difference of each and exits with 1 if one is
 above its tolerance (float32: 1e-4 relative to the tensor's scale).
 """
 import argparse
-import copy
 import os.path as osp
 import pickle
 import sys
@@ -131,20 +130,12 @@ class Report:
 
 def classifier(arch):
     """mmstvit's ImageNet classifier from its config, no pretrained file."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-
-    import mmstvit  # noqa: F401
+    from mmstvit.builder import build_model
     from mmstvit.utils.launch import quiet_third_party_warnings
     quiet_third_party_warnings()
-    cfg = Config.fromfile(
-        osp.join(ROOT, 'configs', f'stvit_{arch[0]}_in1k_224.py'))
-    init_default_scope(cfg.default_scope)
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone.init_cfg = None
-    model_cfg.backbone.drop_path_rate = 0.
-    return MODELS.build(model_cfg)
+    return build_model(
+        osp.join(ROOT, 'configs', f'stvit_{arch[0]}_in1k_224.py'),
+        drop_path_rate=0.)
 
 
 def check_arch(arch, args, report):

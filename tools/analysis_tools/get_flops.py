@@ -4,7 +4,7 @@
     python tools/analysis_tools/get_flops.py CONFIG [--shape H W]
     python tools/analysis_tools/get_flops.py --all      # the paper's table
 
-The paper's protocol (DESIGN.md, section 3): mmengine's
+The paper's protocol (docs/reference_numbers.md): mmengine's
 ``get_model_complexity_info`` on the model's tensor-mode forward
 (``model._forward``) of one random input at the paper's size: 1280x800 for
 COCO (H=800, W=1280), 2048x512 for ADE20K (H=512, W=2048), 224 or 384 for
@@ -14,7 +14,6 @@ papers quote. ``--all`` measures every config in configs/ (not configs/toy)
 and prints it beside the paper's numbers.
 """
 import argparse
-import copy
 import glob
 import os.path as osp
 import sys
@@ -51,27 +50,6 @@ def default_shape(cfg, task):
     return (224, 224)
 
 
-def build_model(cfg, task):
-    from mmengine.registry import init_default_scope
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    if task == 'mmdet':
-        from mmdet.registry import MODELS
-    elif task == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone.init_cfg = None  # counting needs no weights
-    if task == 'mmseg':
-        # SyncBN cannot run outside a process group; counts are the same
-        for head in ('decode_head', 'auxiliary_head'):
-            if head in model_cfg and 'norm_cfg' in model_cfg[head]:
-                model_cfg[head].norm_cfg = dict(type='BN', requires_grad=True)
-    model = MODELS.build(model_cfg)
-    model.eval()
-    return model
-
-
 def _data_sample(task, shape):
     h, w = shape
     meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
@@ -94,14 +72,15 @@ def measure(config, shape=None):
     import mmstvit  # noqa: F401
     from mmstvit.utils.launch import quiet_third_party_warnings
     quiet_third_party_warnings()
-    from mmstvit.utils.launch import detect_task
+    from mmstvit.builder import build_model, detect_task
     cfg = Config.fromfile(config)
     task = detect_task(cfg)
     shape = tuple(shape) if shape else default_shape(cfg, task)
     # Mask R-CNN's mask head runs on the detections of the random model,
     # so its count depends on the weights and the input: both are seeded
     torch.manual_seed(0)
-    model = build_model(cfg, task)
+    # no weights; SyncBN cannot run outside a process group (same counts)
+    model = build_model(cfg, sync_bn_as_bn=True).eval()
     inputs = torch.randn(1, 3, *shape)
     samples = [_data_sample(task, shape)]
 

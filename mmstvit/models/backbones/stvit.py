@@ -3,14 +3,28 @@
 
 Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023.
 
-Parameter and buffer names follow the authors' ``models/stvit.py`` so that
-their ImageNet checkpoints load as they are; the computation is our own and
-avoids the identity-kernel convolutions, permute round trips and unfused
-attention of the reference code (see ``tools/analysis_tools/benchmark.py``).
+This file is the model, written as the paper's maths; how it runs fast is in
+:mod:`.kernels` and which way it runs is decided in :mod:`.execution` (see
+``docs/architecture.md``). Module and parameter names follow the authors'
+``models/stvit.py`` so that their ImageNet checkpoints load as they are.
+
+The network (per block, ``x`` an NCHW map)::
+
+    x = x + DWConv(x)                                  pos_embed  (CPE)
+    x = x + gamma_1 * STA(LN(x))                       norm1, attn
+    x = x + gamma_2 * ConvFFN(BN(x))                   norm2, mlp2
+
+and super token attention ``STA`` (:class:`StokenAttention`) for a super
+token size s: with pixels X, super tokens S (one per s x s cell) and the
+association Q of each pixel with the 3x3 super tokens around its cell,
+
+    (1) Q = Softmax(X S^T / sqrt(C))          over the 9 neighbours
+    (2) S = Q^T X / column sums of Q           super token update
+    (3) S = MHSA(S)                            stoken_refine
+    (4) X = Q S                                token upsampling
 """
 import copy
-import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -20,6 +34,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import execution, kernels
 
 # ---------------------------------------------------------------------------
 # small helpers
@@ -59,274 +74,18 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob:.3f}'
 
 
-# When True (the default), a traced forward (FLOP counters, exporters) runs
-# the authors' computation graph: identity-kernel convolutions for the 3x3
-# neighbourhood gather/scatter, explicit matmul + softmax attention, the
-# residual and BatchNorm as separate ops. Every FLOP counter then reports
-# the paper's protocol (e.g. 82.3G for the STViT-S backbone at 1280x800).
-# The eager path computes the same values without the identity convolutions
-# (0.75G of those multiply-adds at that size): set this to False to count
-# only the arithmetic the fast path executes.
-REFERENCE_GRAPH_WHEN_TRACING = True
-
-
-def _tracing() -> bool:
-    """True while a FLOP counter or exporter traces the model."""
-    return REFERENCE_GRAPH_WHEN_TRACING and (torch.jit.is_tracing()
-                                            or torch.jit.is_scripting())
-
-
-def unfold3x3(x: torch.Tensor, kernel: Optional[torch.Tensor] = None
-              ) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, 9, h*w): every cell's 3x3 neighbourhood.
-
-    Out-of-grid neighbours are zeros. One im2col; with the authors' (9, 1, 3,
-    3) identity ``kernel`` under tracing, their convolution (same values).
-    """
-    B, C, h, w = x.shape
-    if kernel is not None and _tracing():
-        y = F.conv2d(x.reshape(B * C, 1, h, w), kernel.to(x.dtype), padding=1)
-        return y.reshape(B, C, 9, h * w)
-    return F.unfold(x, 3, padding=1).view(B, C, 9, h * w)
-
-
-def fold3x3(cols: torch.Tensor, size: Tuple[int, int],
-            kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, C*9, h*w) -> (B, C, h, w): adjoint of :func:`unfold3x3`.
-
-    Each cell receives the sum of what its 3x3 neighbours sent to it.
-    """
-    if kernel is not None and _tracing():
-        B, C9, _ = cols.shape
-        y = F.conv_transpose2d(
-            cols.reshape(B * (C9 // 9), 9, *size), kernel.to(cols.dtype),
-            padding=1)
-        return y.reshape(B, C9 // 9, *size)
-    return F.fold(cols, size, 3, padding=1)
-
-
-_OFFSETS = [(i, j) for i in range(3) for j in range(3)]
-
-
-def gather3x3(t: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> (B, h*w, 9, C): each cell's 3x3 neighbours (zeros off
-    the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
-
-    Nine strided slices of the padded grid: for the small super token grids
-    this is several times faster than im2col and keeps channels last.
-    """
-    B, h, w, C = t.shape
-    tp = F.pad(t, (0, 0, 1, 1, 1, 1))
-    out = torch.stack([tp[:, i:i + h, j:j + w] for i, j in _OFFSETS], 3)
-    return out.reshape(B, h * w, 9, C)
-
-
-def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
-    cell receives the sum of what its 3x3 neighbours sent to it."""
-    B, n, _, C = sent.shape
-    sent = sent.reshape(B, h, w, 9, C)
-    out = sent.new_zeros(B, h + 2, w + 2, C)
-    for k, (i, j) in enumerate(_OFFSETS):
-        out[:, i:i + h, j:j + w] += sent[:, :, :, k]
-    return out[:, 1:h + 1, 1:w + 1]
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W, C), a free view for channels-last maps."""
-    return x.permute(0, 2, 3, 1)
-
-
 class IdentityKernel(nn.Module):
     """Holds the (9, 1, 3, 3) identity kernel of the official Unfold/Fold.
 
     The authors store it in every block's state dict as a frozen Parameter;
     it is kept here as a persistent buffer so that checkpoints round-trip
-    with identical keys, while the computation uses im2col/col2im.
+    with identical keys. Only the reference graph (tracing) convolves with
+    it; the eager path gathers the same neighbours with slices.
     """
 
     def __init__(self):
         super().__init__()
         self.register_buffer('weights', torch.eye(9).reshape(9, 1, 3, 3))
-
-
-# ---------------------------------------------------------------------------
-# fused oneDNN kernels for CPU inference
-# ---------------------------------------------------------------------------
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
-_HAS_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
-    torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn,
-                                     '_convolution_pointwise')
-
-
-def _fused_cpu(maps: Sequence[torch.Tensor],
-               params: Sequence[torch.Tensor] = ()) -> bool:
-    """True where oneDNN's fused convolutions can serve an eager float32
-    CPU forward that needs no gradient: channels-last ``maps``, no
-    autocast, not traced or compiled (those see the plain ops and fuse by
-    themselves)."""
-    if _compiling() or _tracing() or not _HAS_POINTWISE or \
-            not torch.backends.mkldnn.enabled:
-        return False
-    tensors = tuple(maps) + tuple(params)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    if torch.is_autocast_enabled('cpu'):
-        return False
-    return all(t.device.type == 'cpu' and t.dtype == torch.float32
-               for t in tensors) and all(
-                   t.dim() == 4 and t.is_contiguous(
-                       memory_format=torch.channels_last) for t in maps)
-
-
-def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
-              bias: Optional[torch.Tensor], stride: int = 1,
-              padding: int = 0) -> torch.Tensor:
-    """``gelu(conv2d(x))``: one oneDNN call with GELU (erf) as its post-op
-    on CPU inference, the two ops otherwise."""
-    if _fused_cpu((x, ), (weight, )):
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], 1, 'gelu',
-            [], 'none')
-    return F.gelu(F.conv2d(x, weight, bias, stride, padding))
-
-
-def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``acc + conv1x1(x)``; on CPU inference the convolution accumulates
-    into ``acc`` in place (one oneDNN call, no new map), so ``acc`` must be
-    a tensor the caller owns."""
-    if _fused_cpu((acc, x), (weight, )) and acc.shape[1] == weight.shape[0]:
-        return torch.ops.mkldnn._convolution_pointwise_(
-            acc, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
-            None, [], None)
-    return acc + F.conv2d(x, weight, bias)
-
-
-def project_residual(x: torch.Tensor, proj: nn.Conv2d, drop: nn.Dropout,
-                     identity: Optional[torch.Tensor] = None,
-                     gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``identity + gamma * drop(proj(x))`` for a 1x1 ``proj``, without the
-    terms that are not given.
-
-    Layer scale ``gamma`` ((1, C, 1, 1)) is folded into ``proj``'s weight and
-    bias (per channel, it commutes with dropout) except under tracing, which
-    keeps the reference graph. When no gradient is needed and dropout is off,
-    ``proj`` accumulates into ``identity`` in place (:func:`add_conv1x1_`):
-    pass only an ``identity`` you own.
-    """
-    w, b = proj.weight, proj.bias
-    if gamma is not None and not _tracing():
-        w = w * gamma.view(-1, 1, 1, 1)
-        b = b * gamma.view(-1) if b is not None else None
-        gamma = None
-    if identity is not None and not (drop.training and drop.p) and \
-            _no_grad_needed(identity, x, w):
-        return add_conv1x1_(identity, x, w, b)
-    y = drop(F.conv2d(x, w, b))
-    if gamma is not None:
-        y = gamma * y
-    return y if identity is None else identity + y
-
-
-def _bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` for
-    a BatchNorm in eval mode (running statistics)."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.affine:
-        scale = bn.weight * scale
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        shift = shift + bn.bias
-    return scale, shift
-
-
-def _no_grad_needed(*tensors: torch.Tensor) -> bool:
-    return not torch.is_grad_enabled() or not any(
-        t.requires_grad for t in tensors)
-
-
-# ---------------------------------------------------------------------------
-# memory-lean autograd functions (training)
-# ---------------------------------------------------------------------------
-
-
-class _GELUDepthwiseConv(torch.autograd.Function):
-    """``conv2d(gelu(a), weight, bias, groups=channels)`` that keeps ``a``
-    and recomputes ``gelu(a)`` in backward instead of storing it.
-
-    Autograd would keep both the GELU input (for GELU's backward) and its
-    output (for the convolution's weight gradient): two copies of the
-    4x-wide hidden map of every ConvFFN. Recomputing the GELU is one
-    elementwise pass; the values and gradients are those of the two ops.
-    """
-
-    @staticmethod
-    def forward(ctx, a, weight, bias, padding: int):
-        ctx.save_for_backward(a, weight)
-        ctx.padding = padding
-        ctx.has_bias = bias is not None
-        return F.conv2d(F.gelu(a), weight, bias, 1, padding, 1, a.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, weight = ctx.saved_tensors
-        need_a, need_w, need_b = ctx.needs_input_grad[:3]
-        p = ctx.padding
-        gy, gw, gb = torch.ops.aten.convolution_backward(
-            grad, F.gelu(a), weight,
-            [weight.shape[0]] if ctx.has_bias else None, [1, 1], [p, p],
-            [1, 1], False, [0, 0], a.shape[1],
-            [need_a, need_w, need_b and ctx.has_bias])
-        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
-        return ga, gw, gb, None
-
-
-class _GELUBatchNorm(torch.autograd.Function):
-    """``batch_norm(gelu(a))`` in training mode, keeping ``a`` and
-    recomputing ``gelu(a)`` in backward (the stem's conv -> GELU -> BN at
-    full and half resolution). Running statistics are updated as
-    ``nn.BatchNorm2d`` does (the caller passes the averaging factor)."""
-
-    @staticmethod
-    def forward(ctx, a, weight, bias, running_mean, running_var,
-                factor: float, eps: float):
-        out, mean, invstd = torch.ops.aten.native_batch_norm(
-            F.gelu(a), weight, bias, running_mean, running_var, True,
-            factor, eps)[:3]
-        ctx.save_for_backward(a, weight, mean, invstd)
-        ctx.eps = eps
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, weight, mean, invstd = ctx.saved_tensors
-        need_a, need_w, need_b = ctx.needs_input_grad[:3]
-        gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=_memory_format(a)), F.gelu(a),
-            weight, None, None, mean, invstd, True, ctx.eps,
-            [need_a, need_w and weight is not None,
-             need_b and weight is not None])
-        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
-        return ga, gw, gb, None, None, None, None
-
-
-def _memory_format(t: torch.Tensor):
-    return torch.channels_last if t.dim() == 4 and \
-        t.is_contiguous(memory_format=torch.channels_last) and \
-        not t.is_contiguous() else torch.contiguous_format
-
-
-def _lean_autograd(*tensors) -> bool:
-    """Use the memory-lean functions: eager training with gradients."""
-    return torch.is_grad_enabled() and not _tracing() and any(
-        t is not None and t.requires_grad for t in tensors)
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +131,7 @@ class ResDWC(nn.Module):
         return w + delta
 
     def forward(self, x):
-        if _tracing():
+        if execution.tracing():  # the reference graph
             return x + self.conv(x)
         c = self.kernel_size // 2
         return F.conv2d(x, self.folded_weight(), self.conv.bias, 1, c, 1,
@@ -380,7 +139,7 @@ class ResDWC(nn.Module):
 
 
 class ConvFFN(nn.Module):
-    """1x1 conv -> GELU -> residual depthwise 3x3 -> 1x1 conv (``mlp2``)."""
+    """``mlp2``: fc2(h + DWConv(h)), h = GELU(fc1(x)), 1x1 convs, ratio 4."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
         super().__init__()
@@ -389,14 +148,6 @@ class ConvFFN(nn.Module):
         self.conv = ResDWC(hidden, 3)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop)
-
-    def _fc1_folded(self, bn: _BatchNorm):
-        """fc1's weight and bias with an eval-mode BatchNorm before it folded
-        in (exact up to rounding)."""
-        scale, shift = _bn_scale_shift(bn)
-        w = self.fc1.weight * scale.view(1, -1, 1, 1)
-        b = self.fc1.bias + (self.fc1.weight.flatten(1) @ shift)
-        return w, b
 
     def forward(self, x, bn: Optional[_BatchNorm] = None,
                 identity: Optional[torch.Tensor] = None,
@@ -407,29 +158,17 @@ class ConvFFN(nn.Module):
         ``identity`` may be overwritten with the sum when no gradient is
         needed: pass only a tensor you own.
         """
-        if bn is not None and not bn.training and not _tracing():
-            # inference: fold the preceding BatchNorm into fc1 (exact).
-            w, b = self._fc1_folded(bn)
-            if not self.training or not self.drop.p:
-                x = conv_gelu(x, w, b)
-            else:
-                x = self.drop(self.act1(F.conv2d(x, w, b)))
-            x = self.conv(x)
+        if bn is not None and not bn.training and not execution.tracing():
+            # inference: the BatchNorm folds into fc1 (exact)
+            h = self.conv(kernels.bn_conv_gelu(x, bn, self.fc1, self.act1,
+                                               self.drop))
         else:
             if bn is not None:
                 x = bn(x)
-            x = self.fc1(x)
-            conv = self.conv.conv
-            if (not self.drop.p or not self.training) and _lean_autograd(
-                    x, conv.weight, conv.bias):
-                # GELU -> residual depthwise conv, GELU's output not stored
-                x = _GELUDepthwiseConv.apply(x, self.conv.folded_weight(),
-                                             conv.bias,
-                                             self.conv.kernel_size // 2)
-            else:
-                x = self.drop(self.act1(x))
-                x = self.conv(x)
-        return project_residual(x, self.fc2, self.drop, identity, gamma)
+            h = kernels.gelu_dwconv(self.fc1(x), self.act1, self.conv,
+                                    self.drop)
+        return kernels.project_residual(h, self.fc2, self.drop, identity,
+                                        gamma)
 
 
 class MultiheadConvAttention(nn.Module):
@@ -463,7 +202,8 @@ class MultiheadConvAttention(nn.Module):
         """
         B, C, H, W = x.shape
         qkv = F.conv2d(x, self.qkv.weight, self.qkv.bias)
-        qkv = _nhwc(qkv).reshape(B, H * W, self.num_heads, 3, self.head_dim)
+        qkv = kernels.nhwc(qkv).reshape(B, H * W, self.num_heads, 3,
+                                        self.head_dim)
         return qkv.permute(3, 0, 2, 1, 4).unbind(0)
 
     def attention_weights(self, x):
@@ -478,7 +218,7 @@ class MultiheadConvAttention(nn.Module):
         the sum when no gradient is needed: pass only a tensor you own)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
-        if _tracing():
+        if execution.tracing():  # the reference graph: explicit softmax
             attn = ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
             out = self.attn_drop(attn) @ v
         else:
@@ -487,8 +227,42 @@ class MultiheadConvAttention(nn.Module):
                 q, k, v, dropout_p=p, scale=self.scale)
         # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return project_residual(out, self.proj, self.proj_drop, identity,
-                                gamma)
+        return kernels.project_residual(out, self.proj, self.proj_drop,
+                                        identity, gamma)
+
+
+class StokenGrid(NamedTuple):
+    """Sizes of a super token grid: ``hh x ww`` super tokens over the map
+    padded to ``H x W`` from its original ``H0 x W0``."""
+    hh: int
+    ww: int
+    H: int
+    W: int
+    H0: int
+    W0: int
+
+    @property
+    def padded(self) -> bool:
+        return self.H != self.H0 or self.W != self.W0
+
+
+class SuperTokenSampling(NamedTuple):
+    """The results of super token sampling (equations 1 and 2), with
+    n = hh*ww super tokens and P = sh*sw pixels per cell.
+
+    Attributes:
+        pixels: (B, n, P, C), the (padded) map cell by cell.
+        assoc: (B, n, P, 9), each pixel's softmax association with the 3x3
+            super tokens around its cell (row-major, centre at index 4).
+        assoc_sum: (B, 1, hh, ww), the association's column sums.
+        stokens: (B, C, hh, ww), the super tokens.
+        grid: the :class:`StokenGrid`.
+    """
+    pixels: torch.Tensor
+    assoc: torch.Tensor
+    assoc_sum: torch.Tensor
+    stokens: torch.Tensor
+    grid: StokenGrid
 
 
 class StokenAttention(nn.Module):
@@ -524,19 +298,14 @@ class StokenAttention(nn.Module):
             dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
 
     @property
-    def samples(self) -> bool:
+    def uses_super_tokens(self) -> bool:
+        """False for a super token size of 1: plain global attention."""
         return self.stoken_size[0] > 1 or self.stoken_size[1] > 1
 
-    # -- step 1: super token sampling -------------------------------------
-    def associate(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Runs the sampling step and returns its intermediate results.
-
-        Returns a dict with ``pixels`` (B, n, P, C), ``assoc`` (B, n, P, 9):
-        each pixel's softmax association with the 3x3 super tokens around
-        its cell (row-major, centre at index 4), ``assoc_sum`` (B, 1, hh, ww),
-        ``stokens`` (B, C, hh, ww) and ``grid`` (hh, ww, H, W, H0, W0), where
-        n = hh*ww super tokens and P = sh*sw pixels per cell.
-        """
+    # -- equations (1) and (2): super token sampling ------------------------
+    def associate(self, x: torch.Tensor) -> SuperTokenSampling:
+        """Runs super token sampling on ``x`` (B, C, H0, W0) and returns its
+        results (:class:`SuperTokenSampling`)."""
         B, C, H0, W0 = x.shape
         sh, sw = self.stoken_size
         pad_b, pad_r = (-H0) % sh, (-W0) % sw
@@ -553,82 +322,68 @@ class StokenAttention(nn.Module):
 
         with torch.no_grad():
             for it in range(self.n_iter):
-                neigh = self._neighbours(stokens)  # (B, n, C, 9)
+                # (1) Q = softmax(X S^T / sqrt(C)) over the 3x3 neighbours
+                neigh = kernels.neighbours(stokens, self.unfold.weights)
                 assoc = ((pixels @ neigh) * self.scale).softmax(-1)
-                assoc_sum = self._scatter(
-                    assoc.sum(2).unsqueeze(-2), hh, ww)  # (B, 1, hh, ww)
+                assoc_sum = kernels.scatter_to_neighbours(
+                    assoc.sum(2).unsqueeze(-2), hh, ww,
+                    self.fold.weights)  # (B, 1, hh, ww)
                 if it < self.n_iter - 1:
                     stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
         stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
-        return dict(
-            pixels=pixels, assoc=assoc, assoc_sum=assoc_sum,
-            stokens=stokens, grid=(hh, ww, H, W, H0, W0))
-
-    def _neighbours(self, stokens):
-        """(B, C, hh, ww) -> (B, n, C, 9): the 3x3 super tokens of each cell.
-        """
-        if _tracing():  # the authors' identity-kernel convolution
-            return unfold3x3(stokens, self.unfold.weights).permute(0, 3, 1, 2)
-        return gather3x3(_nhwc(stokens)).transpose(-1, -2)
-
-    def _scatter(self, sent, hh, ww):
-        """(B, n, C, 9) -> (B, C, hh, ww): what each cell sent to each of its
-        3x3 neighbours, summed at the receiving super token."""
-        B, n, C, _ = sent.shape
-        if _tracing():
-            cols = sent.permute(0, 2, 3, 1).reshape(B, C * 9, n)
-            return fold3x3(cols, (hh, ww), self.fold.weights)
-        return scatter3x3(sent.transpose(-1, -2), hh, ww).permute(0, 3, 1, 2)
+        return SuperTokenSampling(pixels, assoc, assoc_sum, stokens,
+                                  StokenGrid(hh, ww, H, W, H0, W0))
 
     def _update(self, pixels, assoc, assoc_sum, hh, ww):
-        """Super tokens as association-weighted means of their pixels."""
+        """(2) S = Q^T X / column sums: association-weighted means."""
         # (B, n, C, 9): what each cell's pixels send to its 9 neighbours
         sent = pixels.transpose(-1, -2) @ assoc
-        return self._scatter(sent, hh, ww) / (assoc_sum + 1e-12)
+        return kernels.scatter_to_neighbours(
+            sent, hh, ww, self.fold.weights) / (assoc_sum + 1e-12)
 
-    # -- steps 2 and 3 ------------------------------------------------------
-    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Super token attention of ``x``, times ``gamma`` (layer scale) and
-        plus ``identity`` when they are given; ``identity`` may be
-        overwritten with the sum when no gradient is needed."""
-        if not self.samples:
-            return self.stoken_refine(x, identity, gamma)
-        B, C = x.shape[:2]
+    def _associate_in_float32(self, x: torch.Tensor) -> SuperTokenSampling:
         if x.dtype in (torch.float16, torch.bfloat16) or \
                 torch.is_autocast_enabled(x.device.type):
             # The association sums up to s*s*9 weights and its update sums
             # s*s products: both run in float32 so half precision can
             # neither overflow nor lose the normaliser.
             with torch.autocast(x.device.type, enabled=False):
-                s = self.associate(x.float())
+                return self.associate(x.float())
+        return self.associate(x)
+
+    # -- equation (4): token upsampling --------------------------------------
+    def upsample(self, assoc: torch.Tensor, stokens: torch.Tensor,
+                 grid: StokenGrid,
+                 identity: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """X = Q S, cropped to the input size, plus ``identity`` if given
+        (which may be overwritten with the sum when no gradient is
+        needed)."""
+        if execution.tracing():
+            out = kernels.upsample_reference(assoc, stokens,
+                                             self.fold.weights,
+                                             self.stoken_size, grid.hh,
+                                             grid.ww)
         else:
-            s = self.associate(x)
-        hh, ww, H, W, H0, W0 = s['grid']
-        sh, sw = self.stoken_size
-        # layer scale is per channel: it commutes with the upsampling
-        stokens = self.stoken_refine(s['stokens'], gamma=gamma)
-        assoc = s['assoc'].to(stokens.dtype)
-        # step 3: token upsampling with the same association
-        if _tracing():
-            neigh = unfold3x3(stokens, self.fold.weights).permute(0, 3, 1, 2)
-            out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
-            out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
-            out = out.reshape(B, C, H, W)
-        else:
-            out = assoc @ gather3x3(_nhwc(stokens))  # (B, n, P, C)
-            out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-            if identity is not None and H == H0 and W == W0 and \
-                    identity.is_contiguous(
-                        memory_format=torch.channels_last) and \
-                    _no_grad_needed(identity, out):
-                # add the cells into the residual map in place, no copy
-                _nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
+            out = kernels.upsample(assoc, stokens, self.stoken_size, grid.hh,
+                                   grid.ww, identity, grid.padded)
+            if out is identity:  # added in place
                 return identity
-            out = out.reshape(B, H, W, C).permute(0, 3, 1, 2)
-        if H != H0 or W != W0:
-            out = out[:, :, :H0, :W0]
+        if grid.padded:
+            out = out[:, :, :grid.H0, :grid.W0]
         return out if identity is None else identity + out
+
+    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None,
+                gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Super token attention of ``x``, times ``gamma`` (layer scale) and
+        plus ``identity`` when they are given; ``identity`` may be
+        overwritten with the sum when no gradient is needed."""
+        if not self.uses_super_tokens:
+            return self.stoken_refine(x, identity, gamma)
+        sampling = self._associate_in_float32(x)  # (1) and (2)
+        # (3); layer scale is per channel: it commutes with the upsampling
+        stokens = self.stoken_refine(sampling.stokens, gamma=gamma)
+        assoc = sampling.assoc.to(stokens.dtype)
+        return self.upsample(assoc, stokens, sampling.grid, identity)  # (4)
 
 
 class STViTBlock(nn.Module):
@@ -656,23 +411,21 @@ class STViTBlock(nn.Module):
             self.gamma_2 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
 
     def forward(self, x):
-        x = self.pos_embed(x)
-        if _tracing() or (self.training and
-                          isinstance(self.drop_path, DropPath)):
+        x = self.pos_embed(x)  # x + DWConv(x)
+        g1, g2 = (self.gamma_1, self.gamma_2) if self.layer_scale else \
+            (None, None)
+        if execution.tracing() or (self.training and
+                                   isinstance(self.drop_path, DropPath)):
+            # as written: x + drop_path(gamma * branch(x))
             y = self.attn(self.norm1(x))
-            if self.layer_scale:
-                y = self.gamma_1 * y
-            x = x + self.drop_path(y)
+            x = x + self.drop_path(y if g1 is None else g1 * y)
             y = self.mlp2(x, bn=self.norm2)
-            if self.layer_scale:
-                y = self.gamma_2 * y
-            return x + self.drop_path(y)
-        # No stochastic depth: each branch adds itself to the residual (in
-        # place when no gradient is needed: x is pos_embed's own output).
-        x = self.attn(self.norm1(x), identity=x,
-                      gamma=self.gamma_1 if self.layer_scale else None)
-        return self.mlp2(x, bn=self.norm2, identity=x,
-                         gamma=self.gamma_2 if self.layer_scale else None)
+            return x + self.drop_path(y if g2 is None else g2 * y)
+        # No stochastic depth: each branch adds gamma * branch(x) to the
+        # residual itself (in place when no gradient is needed: x is
+        # pos_embed's own output).
+        x = self.attn(self.norm1(x), identity=x, gamma=g1)
+        return self.mlp2(x, bn=self.norm2, identity=x, gamma=g2)
 
 
 class ConvBN(nn.Module):
@@ -686,12 +439,9 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         conv, bn = self.proj
-        if bn.training or _tracing():
+        if bn.training or execution.tracing():
             return bn(conv(x))
-        scale, shift = _bn_scale_shift(bn)
-        w = conv.weight * scale.view(-1, 1, 1, 1)
-        b = conv.bias * scale + shift
-        return F.conv2d(x, w, b, 2, 1)
+        return kernels.conv_bn_folded(x, conv, bn)  # inference: BN folded
 
 
 class ConvStem(nn.Module):
@@ -715,36 +465,21 @@ class ConvStem(nn.Module):
     def forward(self, x):
         layers = list(self.proj)
         for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
-            plain_bn = type(bn) is nn.BatchNorm2d
-            if not bn.training and plain_bn and bn.track_running_stats and \
-                    _fused_cpu((x, ), (conv.weight, )):
-                # inference: conv + GELU in one oneDNN call, then the
-                # BatchNorm's affine map in place on that fresh output
-                x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
-                              conv.padding[0])
-                scale, shift = _bn_scale_shift(bn)
-                x = x.mul_(scale.view(1, -1, 1, 1)).add_(
-                    shift.view(1, -1, 1, 1))
-                continue
-            x = conv(x)
-            if plain_bn and bn.training and bn.track_running_stats and \
-                    _lean_autograd(x, bn.weight):
-                # GELU -> BN without storing GELU's output (the largest
-                # maps of the network); SyncBN and frozen BN take the
-                # modules' own path.
-                bn.num_batches_tracked.add_(1)
-                factor = (1. / float(bn.num_batches_tracked)
-                          if bn.momentum is None else bn.momentum)
-                x = _GELUBatchNorm.apply(x, bn.weight, bn.bias,
-                                         bn.running_mean, bn.running_var,
-                                         factor, bn.eps)
-            else:
-                x = bn(act(x))
+            if execution.tracing():
+                x = bn(act(conv(x)))
+            else:  # the same, fused or memory-lean where it can be
+                x = kernels.conv_gelu_bn(x, conv, act, bn)
         return x
 
 
 class STViTStage(nn.Module):
-    """``layers.i``: blocks, then (except the last stage) a downsample."""
+    """``layers.i``: blocks, then (except the last stage) a downsample.
+
+    ``forward`` runs the blocks and returns the stage's features (what the
+    backbone outputs for this stage, so a forward hook on ``layers[i]`` sees
+    them); the backbone applies ``downsample`` to them to feed the next
+    stage, as in the paper where the downsample ends the stage.
+    """
 
     def __init__(self, depth: int, dim: int, out_dim: Optional[int],
                  block_cfg: dict, drop_paths: Sequence[float],
@@ -757,7 +492,7 @@ class STViTStage(nn.Module):
         ])
         self.downsample = ConvBN(dim, out_dim) if out_dim else None
 
-    def forward_blocks(self, x):
+    def forward(self, x):
         for blk in self.blocks:
             if self.with_cp and x.requires_grad and torch.is_grad_enabled():
                 x = cp.checkpoint(blk, x, use_reentrant=False)
@@ -766,6 +501,7 @@ class STViTStage(nn.Module):
         return x
 
 
+# ---------------------------------------------------------------------------
 # ---------------------------------------------------------------------------
 # the backbone
 # ---------------------------------------------------------------------------
@@ -1035,7 +771,7 @@ class STViT(BaseModule):
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.layers):
-            x = stage.forward_blocks(x)
+            x = stage(x)
             if i in self.out_indices:
                 outs.append(x.contiguous())
             if stage.downsample is not None:

@@ -1,0 +1,365 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""The STViT backbone's kernels: how :mod:`.stvit` runs fast.
+
+Every kernel computes what a few plain ops compute, and each sits beside its
+reference twin (the plain ops, or the authors' formulation run under
+tracing); ``tests/test_fast_paths.py`` and ``tests/test_stoken_attention.py``
+compare them. Which one runs is decided by the predicates of
+:mod:`.execution`, looked up through that module.
+
+* 3x3 neighbourhoods of the super token grid: :func:`gather3x3` /
+  :func:`scatter3x3` (strided slices, channels last) beside the authors'
+  identity-kernel convolutions :func:`unfold3x3` / :func:`fold3x3`.
+* Fused oneDNN inference: :func:`conv_gelu` (GELU as a post-op),
+  :func:`add_conv1x1_` (a 1x1 conv accumulated into the residual in place),
+  BatchNorm folding (:func:`bn_scale_shift`, :func:`conv_bn_folded`).
+* Memory-lean training: :class:`GELUDepthwiseConv` and :class:`GELUBatchNorm`,
+  autograd functions that recompute GELU in backward instead of storing it.
+* The composite steps the modules call: :func:`conv_gelu_bn` (a stem
+  layer), :func:`gelu_dwconv` and :func:`bn_conv_gelu` (the ConvFFN's hidden
+  map), :func:`project_residual` (a projection added to the residual),
+  :func:`upsample_reference` / :func:`upsample` (token upsampling).
+
+Adding a kernel: write it here beside the plain ops it replaces, choose it
+with a predicate of :mod:`.execution` (or add one there), and add a test that
+compares the two (values, gradients and BatchNorm statistics).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import execution
+
+# ---------------------------------------------------------------------------
+# 3x3 neighbourhoods of a grid
+# ---------------------------------------------------------------------------
+
+
+def unfold3x3(x: torch.Tensor, kernel: Optional[torch.Tensor] = None
+              ) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, 9, h*w): every cell's 3x3 neighbourhood.
+
+    Out-of-grid neighbours are zeros. One im2col; with the authors' (9, 1, 3,
+    3) identity ``kernel`` under tracing, their convolution (same values).
+    """
+    B, C, h, w = x.shape
+    if kernel is not None and execution.tracing():
+        y = F.conv2d(x.reshape(B * C, 1, h, w), kernel.to(x.dtype), padding=1)
+        return y.reshape(B, C, 9, h * w)
+    return F.unfold(x, 3, padding=1).view(B, C, 9, h * w)
+
+
+def fold3x3(cols: torch.Tensor, size: Tuple[int, int],
+            kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C*9, h*w) -> (B, C, h, w): adjoint of :func:`unfold3x3`.
+
+    Each cell receives the sum of what its 3x3 neighbours sent to it.
+    """
+    if kernel is not None and execution.tracing():
+        B, C9, _ = cols.shape
+        y = F.conv_transpose2d(
+            cols.reshape(B * (C9 // 9), 9, *size), kernel.to(cols.dtype),
+            padding=1)
+        return y.reshape(B, C9 // 9, *size)
+    return F.fold(cols, size, 3, padding=1)
+
+
+_OFFSETS = [(i, j) for i in range(3) for j in range(3)]
+
+
+def gather3x3(t: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) -> (B, h*w, 9, C): each cell's 3x3 neighbours (zeros off
+    the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
+
+    Nine strided slices of the padded grid: for the small super token grids
+    this is several times faster than im2col and keeps channels last.
+    """
+    B, h, w, C = t.shape
+    tp = F.pad(t, (0, 0, 1, 1, 1, 1))
+    out = torch.stack([tp[:, i:i + h, j:j + w] for i, j in _OFFSETS], 3)
+    return out.reshape(B, h * w, 9, C)
+
+
+def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
+    cell receives the sum of what its 3x3 neighbours sent to it."""
+    B, n, _, C = sent.shape
+    sent = sent.reshape(B, h, w, 9, C)
+    out = sent.new_zeros(B, h + 2, w + 2, C)
+    for k, (i, j) in enumerate(_OFFSETS):
+        out[:, i:i + h, j:j + w] += sent[:, :, :, k]
+    return out[:, 1:h + 1, 1:w + 1]
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C), a free view for channels-last maps."""
+    return x.permute(0, 2, 3, 1)
+
+
+def neighbours(stokens: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C, hh, ww) -> (B, n, C, 9): the 3x3 super tokens of each cell.
+
+    Reference twin (under tracing): the authors' identity-kernel
+    convolution with ``kernel``.
+    """
+    if execution.tracing():
+        return unfold3x3(stokens, kernel).permute(0, 3, 1, 2)
+    return gather3x3(nhwc(stokens)).transpose(-1, -2)
+
+
+def scatter_to_neighbours(sent: torch.Tensor, hh: int, ww: int,
+                          kernel: torch.Tensor) -> torch.Tensor:
+    """(B, n, C, 9) -> (B, C, hh, ww): what each cell sent to each of its
+    3x3 neighbours, summed at the receiving super token.
+
+    Reference twin (under tracing): the authors' transposed identity-kernel
+    convolution with ``kernel``.
+    """
+    B, n, C, _ = sent.shape
+    if execution.tracing():
+        cols = sent.permute(0, 2, 3, 1).reshape(B, C * 9, n)
+        return fold3x3(cols, (hh, ww), kernel)
+    return scatter3x3(sent.transpose(-1, -2), hh, ww).permute(0, 3, 1, 2)
+
+
+def upsample_reference(assoc: torch.Tensor, stokens: torch.Tensor,
+                       kernel: torch.Tensor, stoken_size: Tuple[int, int],
+                       hh: int, ww: int) -> torch.Tensor:
+    """Token upsampling as the authors write it: (B, C, H, W) from the
+    (B, n, P, 9) association and the (B, C, hh, ww) super tokens."""
+    B, C = stokens.shape[:2]
+    sh, sw = stoken_size
+    neigh = unfold3x3(stokens, kernel).permute(0, 3, 1, 2)
+    out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
+    out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(B, C, hh * sh, ww * sw)
+
+
+def upsample(assoc: torch.Tensor, stokens: torch.Tensor,
+             stoken_size: Tuple[int, int], hh: int, ww: int,
+             identity: Optional[torch.Tensor] = None,
+             padded: bool = False) -> torch.Tensor:
+    """Token upsampling with :func:`gather3x3`, channels last.
+
+    Returns the (B, C, H, W) map; or, when ``identity`` is given, the map
+    was not ``padded``, ``identity`` is channels last and no gradient is
+    needed, ``identity`` itself with the cells added in place (no copy):
+    the caller tells the two apart with ``result is identity``.
+    """
+    B, C = stokens.shape[:2]
+    sh, sw = stoken_size
+    out = assoc @ gather3x3(nhwc(stokens))  # (B, n, P, C)
+    out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
+    if identity is not None and not padded and identity.is_contiguous(
+            memory_format=torch.channels_last) and execution.no_grad_needed(
+                identity, out):
+        # add the cells into the residual map in place, no copy
+        nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
+        return identity
+    return out.reshape(B, hh * sh, ww * sw, C).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------
+# fused oneDNN kernels for CPU inference, BatchNorm folding
+# ---------------------------------------------------------------------------
+
+
+def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
+              bias: Optional[torch.Tensor], stride: int = 1,
+              padding: int = 0) -> torch.Tensor:
+    """``gelu(conv2d(x))``: one oneDNN call with GELU (erf) as its post-op
+    on CPU inference, the two ops otherwise."""
+    if execution.fused_cpu((x, ), (weight, )):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], 1, 'gelu',
+            [], 'none')
+    return F.gelu(F.conv2d(x, weight, bias, stride, padding))
+
+
+def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``acc + conv1x1(x)``; on CPU inference the convolution accumulates
+    into ``acc`` in place (one oneDNN call, no new map), so ``acc`` must be
+    a tensor the caller owns."""
+    if execution.fused_cpu((acc, x), (weight, )) and \
+            acc.shape[1] == weight.shape[0]:
+        return torch.ops.mkldnn._convolution_pointwise_(
+            acc, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
+            None, [], None)
+    return acc + F.conv2d(x, weight, bias)
+
+
+def project_residual(x: torch.Tensor, proj: nn.Conv2d, drop: nn.Dropout,
+                     identity: Optional[torch.Tensor] = None,
+                     gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``identity + gamma * drop(proj(x))`` for a 1x1 ``proj``, without the
+    terms that are not given.
+
+    Layer scale ``gamma`` ((1, C, 1, 1)) is folded into ``proj``'s weight and
+    bias (per channel, it commutes with dropout) except under tracing, which
+    keeps the reference graph. When no gradient is needed and dropout is off,
+    ``proj`` accumulates into ``identity`` in place (:func:`add_conv1x1_`):
+    pass only an ``identity`` you own.
+    """
+    w, b = proj.weight, proj.bias
+    if gamma is not None and not execution.tracing():
+        w = w * gamma.view(-1, 1, 1, 1)
+        b = b * gamma.view(-1) if b is not None else None
+        gamma = None
+    if identity is not None and not (drop.training and drop.p) and \
+            execution.no_grad_needed(identity, x, w):
+        return add_conv1x1_(identity, x, w, b)
+    y = drop(F.conv2d(x, w, b))
+    if gamma is not None:
+        y = gamma * y
+    return y if identity is None else identity + y
+
+
+def bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` for
+    a BatchNorm in eval mode (running statistics)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        scale = bn.weight * scale
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def conv_bn_folded(x: torch.Tensor, conv: nn.Conv2d,
+                   bn: _BatchNorm) -> torch.Tensor:
+    """``bn(conv(x))`` for an eval-mode ``bn``, as one convolution with the
+    BatchNorm folded into its weight and bias (exact up to rounding)."""
+    scale, shift = bn_scale_shift(bn)
+    w = conv.weight * scale.view(-1, 1, 1, 1)
+    b = conv.bias * scale + shift
+    return F.conv2d(x, w, b, conv.stride, conv.padding)
+
+
+def bn_conv_gelu(x: torch.Tensor, bn: _BatchNorm, conv: nn.Conv2d,
+                 act: nn.Module, drop: nn.Dropout) -> torch.Tensor:
+    """``drop(gelu(conv(bn(x))))`` for an eval-mode ``bn`` and a 1x1
+    ``conv``: the BatchNorm folded into the convolution, GELU fused into it
+    where :func:`conv_gelu` can."""
+    scale, shift = bn_scale_shift(bn)
+    w = conv.weight * scale.view(1, -1, 1, 1)
+    b = conv.bias + (conv.weight.flatten(1) @ shift)
+    if not drop.training or not drop.p:
+        return conv_gelu(x, w, b)
+    return drop(act(F.conv2d(x, w, b)))
+
+
+# ---------------------------------------------------------------------------
+# memory-lean autograd functions (training)
+# ---------------------------------------------------------------------------
+
+
+class GELUDepthwiseConv(torch.autograd.Function):
+    """``conv2d(gelu(a), weight, bias, groups=channels)`` that keeps ``a``
+    and recomputes ``gelu(a)`` in backward instead of storing it.
+
+    Autograd would keep both the GELU input (for GELU's backward) and its
+    output (for the convolution's weight gradient): two copies of the
+    4x-wide hidden map of every ConvFFN. Recomputing the GELU is one
+    elementwise pass; the values and gradients are those of the two ops.
+    """
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, padding: int):
+        ctx.save_for_backward(a, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(F.gelu(a), weight, bias, 1, padding, 1, a.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, weight = ctx.saved_tensors
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        p = ctx.padding
+        gy, gw, gb = torch.ops.aten.convolution_backward(
+            grad, F.gelu(a), weight,
+            [weight.shape[0]] if ctx.has_bias else None, [1, 1], [p, p],
+            [1, 1], False, [0, 0], a.shape[1],
+            [need_a, need_w, need_b and ctx.has_bias])
+        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
+        return ga, gw, gb, None
+
+
+class GELUBatchNorm(torch.autograd.Function):
+    """``batch_norm(gelu(a))`` in training mode, keeping ``a`` and
+    recomputing ``gelu(a)`` in backward (the stem's conv -> GELU -> BN at
+    full and half resolution). Running statistics are updated as
+    ``nn.BatchNorm2d`` does (the caller passes the averaging factor)."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, running_mean, running_var,
+                factor: float, eps: float):
+        out, mean, invstd = torch.ops.aten.native_batch_norm(
+            F.gelu(a), weight, bias, running_mean, running_var, True,
+            factor, eps)[:3]
+        ctx.save_for_backward(a, weight, mean, invstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, weight, mean, invstd = ctx.saved_tensors
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(memory_format=_memory_format(a)), F.gelu(a),
+            weight, None, None, mean, invstd, True, ctx.eps,
+            [need_a, need_w and weight is not None,
+             need_b and weight is not None])
+        ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
+        return ga, gw, gb, None, None, None, None
+
+
+def _memory_format(t: torch.Tensor):
+    return torch.channels_last if t.dim() == 4 and \
+        t.is_contiguous(memory_format=torch.channels_last) and \
+        not t.is_contiguous() else torch.contiguous_format
+
+
+def gelu_dwconv(a: torch.Tensor, act: nn.Module, dwconv: nn.Module,
+                drop: nn.Dropout) -> torch.Tensor:
+    """``dwconv(drop(gelu(a)))`` for a residual depthwise ``dwconv``
+    (:class:`~.stvit.ResDWC`); in training without dropout, GELU's output
+    is not stored (:class:`GELUDepthwiseConv`)."""
+    conv = dwconv.conv
+    if (not drop.p or not drop.training) and execution.lean_autograd(
+            a, conv.weight, conv.bias):
+        return GELUDepthwiseConv.apply(a, dwconv.folded_weight(), conv.bias,
+                                       dwconv.kernel_size // 2)
+    return dwconv(drop(act(a)))
+
+
+def conv_gelu_bn(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module,
+                 bn: _BatchNorm) -> torch.Tensor:
+    """``bn(act(conv(x)))`` for a GELU ``act``: one stem layer.
+
+    Inference: conv + GELU in one oneDNN call, then the BatchNorm's affine
+    map in place on that fresh output. Training: GELU -> BN without storing
+    GELU's output (the largest maps of the network), with the running
+    statistics updated as ``nn.BatchNorm2d`` does. SyncBN, frozen BN and
+    everything else take the modules' own path.
+    """
+    plain_bn = type(bn) is nn.BatchNorm2d
+    if not bn.training and plain_bn and bn.track_running_stats and \
+            execution.fused_cpu((x, ), (conv.weight, )):
+        x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
+                      conv.padding[0])
+        scale, shift = bn_scale_shift(bn)
+        return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+    x = conv(x)
+    if plain_bn and bn.training and bn.track_running_stats and \
+            execution.lean_autograd(x, bn.weight):
+        bn.num_batches_tracked.add_(1)
+        factor = (1. / float(bn.num_batches_tracked)
+                  if bn.momentum is None else bn.momentum)
+        return GELUBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean,
+                                   bn.running_var, factor, bn.eps)
+    return bn(act(x))
