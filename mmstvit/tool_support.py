@@ -78,6 +78,80 @@ def register_toolbox(task: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# what tools/train.py and tools/test.py share
+# ---------------------------------------------------------------------------
+
+
+def add_run_arguments(parser, unsafe_help: str) -> None:
+    """The flags both tools take besides their own: ``--work-dir``,
+    ``--cfg-options``, ``--launcher``, ``--unsafe-load``, ``--local-rank``."""
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--work-dir', help='the directory for logs, checkpoints and metrics')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, key=value pairs, e.g. '
+        'model.backbone.init_cfg=None or train_cfg.max_iters=100; a list is '
+        'key="[a,b]" or key=a,b, no white space')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--unsafe-load', action='store_true', help=unsafe_help)
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_run_args(parser, argv=None):
+    """``parser.parse_args`` that also exports ``LOCAL_RANK``."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_run_config(config: str):
+    """The config of a run and its toolbox, that toolbox imported with every
+    module registered (mmstvit's included). Returns ``(cfg, task)``."""
+    from mmengine.config import Config
+    quiet_third_party_warnings()
+    cfg = Config.fromfile(config)
+    task = detect_task(cfg)
+    register_toolbox(task)
+    if task == 'mmdet':
+        # fewer recompilations with torch.compile, as mmdet's tools do
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    return cfg, task
+
+
+def apply_run_arguments(cfg, args) -> None:
+    """``--launcher``, ``--cfg-options`` and the work dir (command line >
+    config > ./work_dirs/<config name>), as the toolboxes' tools do."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+
+def build_runner(cfg):
+    """The Runner of a config (``runner_type`` honoured)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
+
+
+# ---------------------------------------------------------------------------
 # pretrained checkpoints that are not on disk
 # ---------------------------------------------------------------------------
 

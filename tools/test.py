@@ -22,7 +22,6 @@ is refused with what to do instead. Checkpoints are read weights-only;
 ``--unsafe-load`` unpickles a trusted file beyond that.
 """
 import argparse
-import os
 import os.path as osp
 import pickle
 import sys
@@ -32,7 +31,7 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import ConfigDict  # noqa: E402
 
 from mmstvit.utils import launch  # noqa: E402
 from mmstvit.utils.checkpoint import (checkpoint_format,  # noqa: E402
@@ -47,9 +46,6 @@ def parse_args(argv=None):
     parser.add_argument(
         'checkpoint',
         help='checkpoint file: an mm checkpoint or an official STViT file')
-    parser.add_argument(
-        '--work-dir',
-        help='the directory to save the file containing evaluation metrics')
     parser.add_argument(
         '--out',
         type=str,
@@ -75,27 +71,14 @@ def parse_args(argv=None):
         '(mmpretrain, default 1) or batches (mmseg, default: the hook\'s '
         'interval, 50 in its configs); mmdet draws every image')
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value pairs')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument(
-        '--unsafe-load',
-        action='store_true',
-        help='trust the checkpoint: unpickle it fully (weights_only=False) '
-        'even if it holds objects beyond weights. Loading such a file can '
-        'run any code it holds; only for files from a source you trust')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    launch.add_run_arguments(
+        parser,
+        unsafe_help='trust the checkpoint: unpickle it fully '
+        '(weights_only=False) even if it holds objects beyond weights. '
+        'Loading such a file can run any code it holds; only for files from '
+        'a source you trust')
+    args = launch.parse_run_args(parser, argv)
     if args.out_item is not None and args.out is None:
         parser.error('--out-item needs --out')
     return args
@@ -251,19 +234,12 @@ def check_checkpoint_covers_model(runner, checkpoint, task, config):
 
 
 def merge_args(cfg, args, task):
-    cfg.launcher = args.launcher
     if task == 'mmpretrain':
         loader = ConfigDict(
             pin_memory=True, collate_fn=dict(type='default_collate'))
         loader.update(cfg.test_dataloader)
         cfg.test_dataloader = loader
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    launch.apply_run_arguments(cfg, args)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
         launch.trust_run_files(cfg, args.checkpoint)
@@ -310,23 +286,13 @@ def main(argv=None):
 
 
 def run(argv=None):
-    launch.quiet_third_party_warnings()
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    task = launch.detect_task(cfg)
-    launch.register_toolbox(task)
-    if task == 'mmdet':
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-
+    cfg, task = launch.load_run_config(args.config)
     cfg = merge_args(cfg, args, task)
     launch.stop_on_bad_data(cfg, task, ('test', ))
     launch.setup_cpu_distributed(cfg, args.launcher)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else \
-        RUNNERS.build(cfg)
+    runner = launch.build_runner(cfg)
     check_checkpoint_covers_model(runner, args.checkpoint, task, args.config)
     add_dump_metric(runner, args, task)
     metrics = runner.test()

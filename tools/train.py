@@ -15,14 +15,13 @@ Examples::
     bash tools/dist_train.sh CONFIG 8 --amp
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import ConfigDict  # noqa: E402
 
 from mmstvit.utils import launch  # noqa: E402
 
@@ -31,7 +30,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Train an STViT detector, segmentor or classifier')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -49,33 +47,14 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the learning rate by the real batch size '
         '(auto_scale_lr.base_batch_size in the config)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, key=value pairs, e.g. '
-        'model.backbone.init_cfg=None or train_cfg.max_iters=100; a list is '
-        'key="[a,b]" or key=a,b, no white space')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
-        '--unsafe-load',
-        action='store_true',
-        help='trust the weights files of this run (load_from, --resume, the '
-        'Pretrained init_cfg checkpoints): unpickle them fully '
+    launch.add_run_arguments(
+        parser,
+        unsafe_help='trust the weights files of this run (load_from, '
+        '--resume, the Pretrained init_cfg checkpoints): unpickle them fully '
         '(weights_only=False) even if they hold objects beyond weights. '
         'Loading such a file can run any code it holds; only for files from '
         'a source you trust')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
-    # --local_rank; torchrun sets LOCAL_RANK
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return launch.parse_run_args(parser, argv)
 
 
 def set_default_dataloader_cfg(cfg, fields):
@@ -96,19 +75,10 @@ def set_default_dataloader_cfg(cfg, fields):
 
 def merge_args(cfg, args, task):
     """Applies the command line to the config, as the toolboxes do."""
-    cfg.launcher = args.launcher
     if task == 'mmpretrain':
         set_default_dataloader_cfg(
             cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    launch.apply_run_arguments(cfg, args)
 
     if args.amp:
         launch.apply_amp(cfg)
@@ -152,14 +122,6 @@ def check_before_build(cfg):
     launch.stop_on_bad_data(cfg, task, ('train', 'val'))
 
 
-def build_runner(cfg):
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
-
-
 def main(argv=None):
     """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` (a
     problem the user must fix) ends it with its message, no traceback."""
@@ -170,21 +132,13 @@ def main(argv=None):
 
 
 def run(argv=None):
-    launch.quiet_third_party_warnings()
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    task = launch.detect_task(cfg)
-    launch.register_toolbox(task)
-    if task == 'mmdet':
-        # fewer recompilations with torch.compile, as mmdet's train.py does
-        from mmdet.utils import setup_cache_size_limit_of_dynamo
-        setup_cache_size_limit_of_dynamo()
-
+    cfg, task = launch.load_run_config(args.config)
     cfg = merge_args(cfg, args, task)
     check_before_build(cfg)
     launch.setup_cpu_distributed(cfg, args.launcher)
 
-    runner = build_runner(cfg)
+    runner = launch.build_runner(cfg)
     runner.train()
     launch.finish_distributed()
 
