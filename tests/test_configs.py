@@ -216,7 +216,29 @@ def _few_rois(model_cfg):
     test.rcnn.max_per_img = 20
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+# Configs whose model is exactly another config's (only data, schedule or
+# optimizer differ): the loss/predict step runs on the twin only, and
+# test_twins_have_the_same_model checks that the models are the same.
+SAME_MODEL = {
+    **{
+        f'configs/mask_rcnn_stvit_{v}_3x.py':
+        f'configs/mask_rcnn_stvit_{v}_1x.py'
+        for v in 'sbl'
+    },
+    **{
+        f'configs/stvit_{v}_in1k_384.py': f'configs/stvit_{v}_in1k_224.py'
+        for v in 'sbl'
+    },
+}
+MODEL_CASES = [name for name in CONFIGS if name not in SAME_MODEL]
+
+
+@pytest.mark.parametrize('name,twin', sorted(SAME_MODEL.items()))
+def test_twins_have_the_same_model(name, twin):
+    assert load(name).model.to_dict() == load(twin).model.to_dict()
+
+
+@pytest.mark.parametrize('name', MODEL_CASES)
 def test_forward_and_loss_step(name):
     torch.manual_seed(0)
     cfg = load(name)
