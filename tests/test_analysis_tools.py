@@ -33,6 +33,59 @@ def test_get_flops_cli_detector_at_a_given_shape():
     assert 'params: 44.11 M' in out.stdout  # DESIGN.md: 44.11M
 
 
+def test_get_flops_protocol_of_the_new_families():
+    """Semantic FPN is counted at 512x512 (PVT's protocol), UperNet at
+    2048x512, detectors at 1280x800; configs the paper does not report are
+    marked so in the table."""
+    from mmengine.config import Config
+    shape = {
+        'fpn_stvit_s_80k_ade20k': (512, 512),
+        'upernet_stvit_s_160k_ade20k': (512, 2048),
+        'retinanet_stvit_s_1x': (800, 1280),
+        'cascade_mask_rcnn_stvit_s_3x': (800, 1280),
+    }
+    for name, hw in shape.items():
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', name + '.py'))
+        task = 'mmseg' if 'ade20k' in name else 'mmdet'
+        assert get_flops.default_shape(cfg, task) == hw, name
+    r = dict(params=36.1e6, flops=251.04e9, shape=(800, 1280))
+    row = get_flops.table_row('retinanet_stvit_s_1x', r)
+    assert row == ('| retinanet_stvit_s_1x | 1280x800 | not in the paper | '
+                   '36.10M | not in the paper | 251.0G | - |')
+    row = get_flops.table_row('mask_rcnn_stvit_s_1x', r)
+    assert row == ('| mask_rcnn_stvit_s_1x | 1280x800 | 44M | 36.10M | 252G '
+                   '| 251.0G | -0.4% |')
+
+
+def test_get_flops_builds_the_cascade_without_syncbn():
+    """The cascade's box heads use SyncBN, which cannot run outside a
+    process group: get_flops counts them as BN (same FLOPs)."""
+    import torch.nn as nn
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'configs/cascade_mask_rcnn_stvit_s_3x.py'))
+    assert cfg.model.roi_head.bbox_head[0].norm_cfg.type == 'SyncBN'
+    model = get_flops.build_model(cfg, 'mmdet')
+    norms = [m for m in model.roi_head.bbox_head.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 3 * 4  # one per shared conv of each stage
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    assert not model.training
+
+
+def test_get_flops_only_picks_configs_by_name():
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/get_flops.py', '--only',
+         'fpn_*'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and '--only goes with --all' in out.stderr
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/get_flops.py', '--all',
+         '--only', 'nothing_*'], cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode != 0
+    assert "no config in configs/ matches ['nothing_*']" in out.stderr
+
+
 def test_get_flops_needs_a_config():
     out = subprocess.run(
         [sys.executable, 'tools/analysis_tools/get_flops.py', 'nope.py'],

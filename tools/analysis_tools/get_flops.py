@@ -3,18 +3,23 @@
 
     python tools/analysis_tools/get_flops.py CONFIG [--shape H W]
     python tools/analysis_tools/get_flops.py --all      # the paper's table
+    python tools/analysis_tools/get_flops.py --all --only 'retinanet_*'
 
 The paper's protocol (DESIGN.md, section 3): mmengine's
 ``get_model_complexity_info`` on the model's tensor-mode forward
 (``model._forward``) of one random input at the paper's size: 1280x800 for
-COCO (H=800, W=1280), 2048x512 for ADE20K (H=512, W=2048), 224 or 384 for
-ImageNet. One multiply-add counts as one FLOP; parameters are the trainable
-ones. With this protocol mmdet's own Mask R-CNN R50 gives the 260G / 44M that
-papers quote. ``--all`` measures every config in configs/ (not configs/toy)
-and prints it beside the paper's numbers.
+COCO (H=800, W=1280), 2048x512 for ADE20K UperNet (H=512, W=2048), 224 or
+384 for ImageNet; Semantic FPN, which the paper does not report, at 512x512
+as PVT and the papers comparing with it report it. One multiply-add counts
+as one FLOP; parameters are the trainable ones. With this protocol mmdet's
+own Mask R-CNN R50 gives the 260G / 44M that papers quote. ``--all``
+measures every config in configs/ (not configs/toy) and prints it beside the
+paper's numbers, or 'not in the paper' (``--only`` picks configs by name
+pattern).
 """
 import argparse
 import copy
+import fnmatch
 import glob
 import os.path as osp
 import sys
@@ -24,7 +29,8 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-# paper: (params M, GFLOPs) per config name
+# paper: (params M, GFLOPs) per config name; the others (Cascade Mask R-CNN,
+# RetinaNet, Semantic FPN) are not in the paper
 PAPER = {
     'mask_rcnn_stvit_s_1x': (44, 252), 'mask_rcnn_stvit_s_3x': (44, 252),
     'mask_rcnn_stvit_b_1x': (70, 359), 'mask_rcnn_stvit_b_3x': (70, 359),
@@ -43,6 +49,8 @@ def default_shape(cfg, task):
     if task == 'mmdet':
         return (800, 1280)
     if task == 'mmseg':
+        if cfg.model.decode_head.get('type') == 'FPNHead':
+            return (512, 512)  # Semantic FPN: PVT's protocol
         return (512, 2048)
     for t in cfg.test_dataloader.dataset.pipeline:
         if t.get('type') == 'CenterCrop':
@@ -62,14 +70,27 @@ def build_model(cfg, task):
         from mmpretrain.registry import MODELS
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.init_cfg = None  # counting needs no weights
-    if task == 'mmseg':
-        # SyncBN cannot run outside a process group; counts are the same
-        for head in ('decode_head', 'auxiliary_head'):
-            if head in model_cfg and 'norm_cfg' in model_cfg[head]:
-                model_cfg[head].norm_cfg = dict(type='BN', requires_grad=True)
+    # SyncBN cannot run outside a process group; counts are the same
+    model_cfg = _without_syncbn(model_cfg)
     model = MODELS.build(model_cfg)
     model.eval()
     return model
+
+
+def _without_syncbn(cfg):
+    """``cfg`` with every ``norm_cfg=dict(type='SyncBN')`` made plain BN
+    (decode heads of mmseg, the cascade's 4conv1fc box heads)."""
+    if isinstance(cfg, dict):
+        out = type(cfg)()
+        for k, v in cfg.items():
+            if k == 'norm_cfg' and isinstance(v, dict) and \
+                    v.get('type') == 'SyncBN':
+                v = dict(v, type='BN')
+            out[k] = _without_syncbn(v)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_without_syncbn(v) for v in cfg)
+    return cfg
 
 
 def _data_sample(task, shape):
@@ -124,6 +145,20 @@ def measure(config, shape=None):
                 task=task)
 
 
+def table_row(name, r):
+    """A markdown row: the measurement beside the paper's figure, or 'not in
+    the paper'."""
+    g = r['flops'] / 1e9
+    shape = f'{r["shape"][1]}x{r["shape"][0]}'
+    if name in PAPER:
+        p_params, p_flops = PAPER[name]
+        return (f'| {name} | {shape} | {p_params}M | {r["params"] / 1e6:.2f}M'
+                f' | {p_flops}G | {g:.1f}G | '
+                f'{100 * (g - p_flops) / p_flops:+.1f}% |')
+    return (f'| {name} | {shape} | not in the paper | '
+            f'{r["params"] / 1e6:.2f}M | not in the paper | {g:.1f}G | - |')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Params and FLOPs of a whole STViT model (paper protocol)')
@@ -133,7 +168,13 @@ def parse_args(argv=None):
                         'size for the task)')
     parser.add_argument('--all', action='store_true',
                         help='every config in configs/, beside the paper')
+    parser.add_argument('--only', nargs='+', metavar='PATTERN',
+                        help="with --all: only the configs whose name (no "
+                        "directory, no .py) matches one of these patterns, "
+                        "e.g. 'cascade_*'")
     args = parser.parse_args(argv)
+    if args.only and not args.all:
+        parser.error('--only goes with --all')
     if not args.all and not args.config:
         parser.error('give a CONFIG or --all')
     if args.config and not osp.isfile(args.config):
@@ -152,16 +193,20 @@ def main(argv=None):
     rows = ['| config | input (WxH) | params (paper) | params | FLOPs (paper)'
             ' | FLOPs | diff |', '|---|---|---|---|---|---|---|']
     results = {}
-    for path in sorted(glob.glob(osp.join(ROOT, 'configs', '*.py'))):
+    paths = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+    if args.only:
+        paths = [
+            p for p in paths if any(
+                fnmatch.fnmatchcase(osp.splitext(osp.basename(p))[0], pat)
+                for pat in args.only)
+        ]
+        if not paths:
+            sys.exit(f'no config in configs/ matches {args.only}')
+    for path in paths:
         name = osp.splitext(osp.basename(path))[0]
         r = measure(path)
         results[name] = r
-        p_params, p_flops = PAPER.get(name, (None, None))
-        g = r['flops'] / 1e9
-        diff = f'{100 * (g - p_flops) / p_flops:+.1f}%' if p_flops else '-'
-        rows.append(
-            f'| {name} | {r["shape"][1]}x{r["shape"][0]} | {p_params}M | '
-            f'{r["params"] / 1e6:.2f}M | {p_flops}G | {g:.1f}G | {diff} |')
+        rows.append(table_row(name, r))
         print(rows[-1], flush=True)
     print('\n'.join(rows))
     return results
