@@ -35,7 +35,7 @@ EXPECTED = [
     f'configs/cascade_mask_rcnn_stvit_{v}_3x.py' for v in 'sbl'
 ] + [f'configs/fpn_stvit_{v}_80k_ade20k.py' for v in 'sbl'] + [
     f'configs/retinanet_stvit_{v}_1x.py' for v in 'sbl'
-]
+] + ['configs/cascade_mask_rcnn_stvit_s_3x_layer_decay.py']
 ARCH = {'s': 'small', 'b': 'base', 'l': 'large'}
 
 
@@ -91,14 +91,21 @@ def test_config_recipe(name):
         assert bb.init_cfg == dict(
             type='Pretrained', checkpoint=f'pretrained/stvit-{ARCH[v]}-224.pth')
         pw = cfg.optim_wrapper.paramwise_cfg
-        assert pw.norm_decay_mult == 0
-        assert pw.custom_keys['.gamma_1'] == dict(decay_mult=0.)
+        if 'layer_decay' in name:
+            # norms, biases and layer scales: the constructor's defaults
+            assert cfg.optim_wrapper.constructor == \
+                'LayerDecayOptimWrapperConstructor'
+            assert pw == dict(decay_rate=0.9, decay_type='layer_wise')
+        else:
+            assert pw.norm_decay_mult == 0
+            assert pw.custom_keys['.gamma_1'] == dict(decay_mult=0.)
         assert cfg.optim_wrapper.optimizer.type == 'AdamW'
         # drop path as the Mask R-CNN / UperNet configs (Swin's choice)
         assert bb.drop_path_rate == dict(s=0.2, b=0.3, l=0.4)[v]
     if name.startswith(('configs/mask_rcnn', 'configs/cascade')):
         assert cfg.train_cfg.max_epochs == (12 if '1x' in name else 36)
-        assert cfg.optim_wrapper.optimizer.lr == 1e-4
+        assert cfg.optim_wrapper.optimizer.lr == (
+            2e-4 if 'layer_decay' in name else 1e-4)
     if name.startswith(('configs/mask_rcnn', 'configs/cascade')) and \
             '3x' in name:
         # Swin's multi-scale + crop augmentation, steps at 27 and 33
@@ -229,6 +236,8 @@ SAME_MODEL = {
         f'configs/stvit_{v}_in1k_384.py': f'configs/stvit_{v}_in1k_224.py'
         for v in 'sbl'
     },
+    'configs/cascade_mask_rcnn_stvit_s_3x_layer_decay.py':
+    'configs/cascade_mask_rcnn_stvit_s_3x.py',
 }
 MODEL_CASES = [name for name in CONFIGS if name not in SAME_MODEL]
 
