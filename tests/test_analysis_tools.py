@@ -73,6 +73,47 @@ def test_get_flops_builds_the_cascade_without_syncbn():
     assert not model.training
 
 
+def test_cascade_counted_with_masks_on_100_rois():
+    """get_flops counts the cascade as mmdet 2's forward_dummy did (the
+    peers' protocol): the same box-head outputs as mmdet 3's tensor forward,
+    and each stage's mask head on the first 100 RoIs only."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'configs/cascade_mask_rcnn_stvit_s_3x.py'))
+    torch.manual_seed(0)
+    model = get_flops.build_model(cfg, 'mmdet')
+    head = model.roi_head
+    feats = tuple(torch.randn(1, 256, 64 // 2**i, 64 // 2**i)
+                  for i in range(5))
+    samples = [get_flops._data_sample('mmdet', (256, 256))]
+
+    def proposals(n):
+        xy = torch.rand(n, 2) * 200
+        return [InstanceData(bboxes=torch.cat([xy, xy + 8 + torch.rand(
+            n, 2) * 48], 1))]
+
+    with torch.no_grad():
+        few = proposals(8)  # the heads cost ~0.6 GFLOPs per RoI and stage
+        ref = head.forward(feats, few, samples)
+        ours = get_flops.cascade_forward_100(head, feats, few, samples)
+    for a, b in zip(ref[:2], ours[:2]):  # box heads: the same outputs
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+    # mmdet merges the stages' sigmoid masks by their mean
+    merged = torch.stack([m.sigmoid() for m in ours[2:]]).mean(0)
+    assert torch.allclose(ref[2][0], merged, atol=1e-6)
+    # 300 proposals: each stage's mask head sees the first 100 (the heads
+    # are stubbed here: only the RoI counts matter)
+    calls = []
+    head._refine_roi = lambda x, rois, metas, num: (rois.split(num), [], [])
+    head._mask_forward = lambda stage, x, rois: calls.append(len(rois)) or \
+        dict(mask_preds=rois.new_zeros(len(rois), 80, 28, 28))
+    get_flops.cascade_forward_100(head, feats, proposals(300), samples)
+    assert calls == [100, 100, 100]
+
+
 def test_get_flops_only_picks_configs_by_name():
     out = subprocess.run(
         [sys.executable, 'tools/analysis_tools/get_flops.py', '--only',

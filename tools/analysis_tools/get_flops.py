@@ -12,7 +12,12 @@ COCO (H=800, W=1280), 2048x512 for ADE20K UperNet (H=512, W=2048), 224 or
 384 for ImageNet; Semantic FPN, which the paper does not report, at 512x512
 as PVT and the papers comparing with it report it. One multiply-add counts
 as one FLOP; parameters are the trainable ones. With this protocol mmdet's
-own Mask R-CNN R50 gives the 260G / 44M that papers quote. ``--all``
+own Mask R-CNN R50 gives the 260G / 44M that papers quote. Mask heads run on
+the first 100 RoIs: mmdet 3's Mask R-CNN tensor forward does so, and so did
+mmdet 2's ``forward_dummy`` for Cascade Mask R-CNN, which the peers' cascade
+figures come from (Swin: R50 739G, Swin-T 745G); mmdet 3's cascade tensor
+forward runs its three mask heads on every proposal instead (about 1T more
+at 1280x800), so get_flops counts the cascade as mmdet 2 did. ``--all``
 measures every config in configs/ (not configs/toy) and prints it beside the
 paper's numbers, or 'not in the paper' (``--only`` picks configs by name
 pattern).
@@ -23,6 +28,7 @@ import fnmatch
 import glob
 import os.path as osp
 import sys
+import types
 
 import torch
 
@@ -107,6 +113,25 @@ def _data_sample(task, shape):
     return DataSample(metainfo=meta)
 
 
+def cascade_forward_100(roi_head, x, rpn_results_list, batch_data_samples):
+    """``CascadeRoIHead.forward`` (tensor mode) with the mask heads on the
+    first 100 RoIs, as mmdet 2's ``forward_dummy`` counted a cascade and as
+    mmdet 3's ``StandardRoIHead.forward`` counts Mask R-CNN; the box heads
+    still refine every proposal through the stages."""
+    from mmdet.structures.bbox import bbox2roi
+    metas = [s.metainfo for s in batch_data_samples]
+    proposals = [r.bboxes for r in rpn_results_list]
+    rois, cls_scores, bbox_preds = roi_head._refine_roi(
+        x, bbox2roi(proposals), metas, tuple(len(p) for p in proposals))
+    outs = (cls_scores, bbox_preds)
+    if roi_head.with_mask:
+        mask_rois = torch.cat(rois)[:100]
+        outs += tuple(
+            roi_head._mask_forward(stage, x, mask_rois)['mask_preds']
+            for stage in range(roi_head.num_stages))
+    return outs
+
+
 def measure(config, shape=None):
     """``dict(params=..., flops=..., shape=...)`` of the whole model."""
     from mmengine.analysis import get_model_complexity_info
@@ -121,6 +146,9 @@ def measure(config, shape=None):
     # so its count depends on the weights and the input: both are seeded
     torch.manual_seed(0)
     model = build_model(cfg, task)
+    roi_head = getattr(model, 'roi_head', None)
+    if type(roi_head).__name__ == 'CascadeRoIHead':
+        roi_head.forward = types.MethodType(cascade_forward_100, roi_head)
     inputs = torch.randn(1, 3, *shape)
     samples = [_data_sample(task, shape)]
 
