@@ -114,6 +114,27 @@ def test_cascade_counted_with_masks_on_100_rois():
     assert calls == [100, 100, 100]
 
 
+def test_rpn_proposals_padded_to_max_per_img():
+    """Two-stage detectors are counted on exactly max_per_img (1000)
+    proposals, as mmdet 2's forward_dummy did, whatever a random RPN keeps
+    after NMS: the RPN's own proposals first, repeated."""
+    import torch
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/mask_rcnn_stvit_s_1x.py'))
+    torch.manual_seed(0)
+    model = get_flops.build_model(cfg, 'mmdet')
+    x = torch.randn(1, 3, 128, 160)
+    samples = [get_flops._data_sample('mmdet', (128, 160))]
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        own = model.rpn_head.predict(feats, samples, rescale=False)[0]
+        get_flops.pad_proposals(model)
+        padded = model.rpn_head.predict(feats, samples, rescale=False)[0]
+    assert 0 < len(own) < 1000 and len(padded) == 1000
+    assert torch.equal(padded.bboxes[:len(own)], own.bboxes)
+    assert torch.equal(padded.bboxes[len(own)], own.bboxes[0])
+
+
 def test_get_flops_only_picks_configs_by_name():
     out = subprocess.run(
         [sys.executable, 'tools/analysis_tools/get_flops.py', '--only',

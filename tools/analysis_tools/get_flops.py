@@ -12,12 +12,15 @@ COCO (H=800, W=1280), 2048x512 for ADE20K UperNet (H=512, W=2048), 224 or
 384 for ImageNet; Semantic FPN, which the paper does not report, at 512x512
 as PVT and the papers comparing with it report it. One multiply-add counts
 as one FLOP; parameters are the trainable ones. With this protocol mmdet's
-own Mask R-CNN R50 gives the 260G / 44M that papers quote. Mask heads run on
-the first 100 RoIs: mmdet 3's Mask R-CNN tensor forward does so, and so did
-mmdet 2's ``forward_dummy`` for Cascade Mask R-CNN, which the peers' cascade
-figures come from (Swin: R50 739G, Swin-T 745G); mmdet 3's cascade tensor
-forward runs its three mask heads on every proposal instead (about 1T more
-at 1280x800), so get_flops counts the cascade as mmdet 2 did. ``--all``
+own Mask R-CNN R50 gives the 260G / 44M that papers quote. Two-stage
+detectors are counted as mmdet 2's ``forward_dummy`` counted them, which the
+papers' figures come from: the RoI heads on exactly 1000 proposals (the
+RPN's ``max_per_img``; a random model's RPN keeps fewer after NMS, 676 for
+STViT-S, and the cascade's heads cost ~0.4 GFLOPs per RoI), the mask heads
+on the first 100 (mmdet 3's Mask R-CNN tensor forward does so too; its
+cascade runs the three mask heads on every proposal, about 1T more at
+1280x800). With these rules ResNet-50 in the cascade recipe gives Swin's
+published 82M / 739G. ``--all``
 measures every config in configs/ (not configs/toy) and prints it beside the
 paper's numbers, or 'not in the paper' (``--only`` picks configs by name
 pattern).
@@ -132,6 +135,29 @@ def cascade_forward_100(roi_head, x, rpn_results_list, batch_data_samples):
     return outs
 
 
+def pad_proposals(model):
+    """Makes the RPN of a two-stage detector hand exactly
+    ``test_cfg.rpn.max_per_img`` proposals to the RoI heads (its own,
+    repeated), as mmdet 2's ``forward_dummy`` used that many: the count no
+    longer depends on how many boxes a random RPN keeps after NMS."""
+    rpn = model.rpn_head
+    n = model.test_cfg.rpn.max_per_img
+    predict = rpn.predict
+
+    def padded(*args, **kwargs):
+        results = predict(*args, **kwargs)
+        out = []
+        for r in results:
+            if len(r) == 0:  # nothing kept: one whole-image box
+                h, w = r.metainfo['img_shape']
+                r = r.new(bboxes=torch.tensor([[0., 0., w, h]]),
+                          scores=torch.ones(1), labels=torch.zeros(1).long())
+            out.append(r[torch.arange(n) % len(r)] if len(r) < n else r)
+        return out
+
+    rpn.predict = padded
+
+
 def measure(config, shape=None):
     """``dict(params=..., flops=..., shape=...)`` of the whole model."""
     from mmengine.analysis import get_model_complexity_info
@@ -142,10 +168,11 @@ def measure(config, shape=None):
     cfg = Config.fromfile(config)
     task = detect_task(cfg)
     shape = tuple(shape) if shape else default_shape(cfg, task)
-    # Mask R-CNN's mask head runs on the detections of the random model,
-    # so its count depends on the weights and the input: both are seeded
+    # model and input are seeded: the counts are reproducible
     torch.manual_seed(0)
     model = build_model(cfg, task)
+    if task == 'mmdet' and getattr(model, 'rpn_head', None) is not None:
+        pad_proposals(model)
     roi_head = getattr(model, 'roi_head', None)
     if type(roi_head).__name__ == 'CascadeRoIHead':
         roi_head.forward = types.MethodType(cascade_forward_100, roi_head)
