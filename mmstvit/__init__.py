@@ -9,9 +9,12 @@ mmengine's root registry (which every toolbox's registry falls back to) and
 each toolbox gets mmstvit's modules registered when it is itself imported
 (see :mod:`mmstvit.registry`), and mmengine's checkpoint loaders are
 replaced by mmstvit's weights-only reader when mmengine imports them (see
-:mod:`mmstvit.utils.checkpoint`).
+:mod:`mmstvit.utils.checkpoint`). ``LayerDecayOptimWrapperConstructor``
+(layer-wise learning-rate decay) is in mmengine's root
+``OPTIM_WRAPPER_CONSTRUCTORS`` the same way.
 """
 from .version import __version__
+from .engine import LayerDecayOptimWrapperConstructor
 from .models import STViT, StokenAttention
 from .registry import install_hooks, when_imported
 
@@ -27,4 +30,7 @@ def _safe_mmengine_loaders(_module):
 
 when_imported('mmengine.runner.checkpoint', _safe_mmengine_loaders)
 
-__all__ = ['__version__', 'STViT', 'StokenAttention']
+__all__ = [
+    '__version__', 'STViT', 'StokenAttention',
+    'LayerDecayOptimWrapperConstructor'
+]

@@ -109,10 +109,24 @@ def build_model(config, *, keep_init_cfg: bool = False,
         if drop_path_rate is not None:
             backbone.drop_path_rate = drop_path_rate
     if sync_bn_as_bn:
-        for head in ('decode_head', 'auxiliary_head'):
-            if head in model_cfg and 'norm_cfg' in model_cfg[head]:
-                model_cfg[head].norm_cfg = dict(type='BN', requires_grad=True)
+        model_cfg = _without_sync_bn(model_cfg)
     return model_registry(task).build(model_cfg)
+
+
+def _without_sync_bn(cfg):
+    """``cfg`` with every ``norm_cfg=dict(type='SyncBN')`` made plain BN
+    (mmseg's decode heads, the cascade's 4conv1fc box heads ...)."""
+    if isinstance(cfg, dict):
+        out = type(cfg)()
+        for k, v in cfg.items():
+            if k == 'norm_cfg' and isinstance(v, dict) and \
+                    v.get('type') == 'SyncBN':
+                v = dict(v, type='BN')
+            out[k] = _without_sync_bn(v)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_without_sync_bn(v) for v in cfg)
+    return cfg
 
 
 def build_backbone(config, drop_path_rate: float = 0.):

@@ -4,8 +4,11 @@ its data pipelines run on generated images; the ImageNet configs evaluate an
 official-format checkpoint as the authors' classification tail would."""
 import copy
 import glob
+import os
 import os.path as osp
 import re
+import subprocess
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +30,12 @@ EXPECTED = [
     f'configs/mask_rcnn_stvit_{v}_{s}.py' for v in 'sbl' for s in ('1x', '3x')
 ] + [f'configs/upernet_stvit_{v}_160k_ade20k.py' for v in 'sbl'] + [
     f'configs/stvit_{v}_in1k_{r}.py' for v in 'sbl' for r in (224, 384)
-]
+] + [
+    # the protocols peers compare on (not in the paper)
+    f'configs/cascade_mask_rcnn_stvit_{v}_3x.py' for v in 'sbl'
+] + [f'configs/fpn_stvit_{v}_80k_ade20k.py' for v in 'sbl'] + [
+    f'configs/retinanet_stvit_{v}_1x.py' for v in 'sbl'
+] + ['configs/cascade_mask_rcnn_stvit_s_3x_layer_decay.py']
 ARCH = {'s': 'small', 'b': 'base', 'l': 'large'}
 
 
@@ -83,12 +91,64 @@ def test_config_recipe(name):
         assert bb.init_cfg == dict(
             type='Pretrained', checkpoint=f'pretrained/stvit-{ARCH[v]}-224.pth')
         pw = cfg.optim_wrapper.paramwise_cfg
-        assert pw.norm_decay_mult == 0
-        assert pw.custom_keys['.gamma_1'] == dict(decay_mult=0.)
+        if 'layer_decay' in name:
+            # norms, biases and layer scales: the constructor's defaults
+            assert cfg.optim_wrapper.constructor == \
+                'LayerDecayOptimWrapperConstructor'
+            assert pw == dict(decay_rate=0.9, decay_type='layer_wise')
+        else:
+            assert pw.norm_decay_mult == 0
+            assert pw.custom_keys['.gamma_1'] == dict(decay_mult=0.)
         assert cfg.optim_wrapper.optimizer.type == 'AdamW'
-    if name.startswith('configs/mask_rcnn'):
+        # drop path as the Mask R-CNN / UperNet configs (Swin's choice)
+        assert bb.drop_path_rate == dict(s=0.2, b=0.3, l=0.4)[v]
+    if name.startswith(('configs/mask_rcnn', 'configs/cascade')):
         assert cfg.train_cfg.max_epochs == (12 if '1x' in name else 36)
-        assert cfg.optim_wrapper.optimizer.lr == 1e-4
+        assert cfg.optim_wrapper.optimizer.lr == (
+            2e-4 if 'layer_decay' in name else 1e-4)
+    if name.startswith(('configs/mask_rcnn', 'configs/cascade')) and \
+            '3x' in name:
+        # Swin's multi-scale + crop augmentation, steps at 27 and 33
+        assert cfg.train_pipeline[3].type == 'RandomChoice'
+        assert cfg.param_scheduler[1].milestones == [27, 33]
+    if name.startswith('configs/cascade'):
+        # Swin / CSWin cascade heads: 4conv1fc with SyncBN, GIoU loss
+        assert cfg.model.type == 'CascadeRCNN'
+        heads = cfg.model.roi_head.bbox_head
+        assert len(heads) == 3
+        for head, std in zip(heads, (0.1, 0.05, 0.033)):
+            assert head.type == 'ConvFCBBoxHead'
+            assert (head.num_shared_convs, head.num_shared_fcs) == (4, 1)
+            assert head.norm_cfg.type == 'SyncBN'
+            assert head.loss_bbox.type == 'GIoULoss'
+            assert head.reg_decoded_bbox
+            assert head.bbox_coder.target_stds[0] == std
+        assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+        assert cfg.train_dataloader.batch_size * 8 == 16
+    if name.startswith('configs/retinanet'):
+        # PVT's RetinaNet 1x
+        assert cfg.model.type == 'RetinaNet'
+        assert cfg.model.neck.start_level == 1
+        assert cfg.model.neck.add_extra_convs == 'on_input'
+        assert cfg.train_cfg.max_epochs == 12
+        assert cfg.param_scheduler[1].milestones == [8, 11]
+        opt = cfg.optim_wrapper.optimizer
+        assert (opt.lr, opt.weight_decay) == (1e-4, 1e-4)
+        assert cfg.train_dataloader.batch_size * 8 == 16
+        assert [t.type for t in cfg.train_pipeline][2] == 'Resize'
+        assert cfg.train_pipeline[2].scale == (1333, 800)
+    if name.startswith('configs/fpn'):
+        # PVT's Semantic FPN: 80k iterations, AdamW, poly 0.9, 512 crops
+        assert cfg.model.decode_head.type == 'FPNHead'
+        assert cfg.model.decode_head.num_classes == 150
+        assert cfg.model.neck.num_outs == 4
+        assert cfg.train_cfg.max_iters == 80000
+        assert cfg.crop_size == (512, 512)
+        assert cfg.train_dataloader.batch_size * 8 == 16
+        opt = cfg.optim_wrapper.optimizer
+        assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 1e-4)
+        (poly, ) = cfg.param_scheduler
+        assert (poly.type, poly.power, poly.end) == ('PolyLR', 0.9, 80000)
     if name.startswith('configs/upernet'):
         assert cfg.train_cfg.max_iters == 160000
         assert cfg.train_dataloader.batch_size * 8 == 16
@@ -147,10 +207,51 @@ def _cls_batch(model, size):
     return model.data_preprocessor(data, True)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+def _few_rois(model_cfg):
+    """Fewer proposals, sampled RoIs and detections for a two-stage
+    detector: the same loss and predict code runs on tens of boxes instead
+    of 512-1000 (the cascade's three 4conv1fc heads cost ~100 GFLOPs per
+    stage on 1000 RoIs)."""
+    train, test = model_cfg.get('train_cfg'), model_cfg.get('test_cfg')
+    if not train or 'rpn_proposal' not in train:
+        return  # one-stage (RetinaNet)
+    train.rpn_proposal.update(nms_pre=200, max_per_img=64)
+    rcnn = train.rcnn if isinstance(train.rcnn, list) else [train.rcnn]
+    for stage in rcnn:
+        stage.sampler.num = 32
+    test.rpn.update(nms_pre=200, max_per_img=64)
+    test.rcnn.max_per_img = 20
+
+
+# Configs whose model is exactly another config's (only data, schedule or
+# optimizer differ): the loss/predict step runs on the twin only, and
+# test_twins_have_the_same_model checks that the models are the same.
+SAME_MODEL = {
+    **{
+        f'configs/mask_rcnn_stvit_{v}_3x.py':
+        f'configs/mask_rcnn_stvit_{v}_1x.py'
+        for v in 'sbl'
+    },
+    **{
+        f'configs/stvit_{v}_in1k_384.py': f'configs/stvit_{v}_in1k_224.py'
+        for v in 'sbl'
+    },
+    'configs/cascade_mask_rcnn_stvit_s_3x_layer_decay.py':
+    'configs/cascade_mask_rcnn_stvit_s_3x.py',
+}
+MODEL_CASES = [name for name in CONFIGS if name not in SAME_MODEL]
+
+
+@pytest.mark.parametrize('name,twin', sorted(SAME_MODEL.items()))
+def test_twins_have_the_same_model(name, twin):
+    assert load(name).model.to_dict() == load(twin).model.to_dict()
+
+
+@pytest.mark.parametrize('name', MODEL_CASES)
 def test_forward_and_loss_step(name):
     torch.manual_seed(0)
     cfg = load(name)
+    _few_rois(cfg.model)
     model = build_without_weights(cfg)
     model.train()
     task = detect_task(cfg)
@@ -209,7 +310,8 @@ def _dataset(cfg, split, toy_root, task):
 PIPELINE_CASES = [
     'configs/mask_rcnn_stvit_s_1x.py', 'configs/mask_rcnn_stvit_s_3x.py',
     'configs/upernet_stvit_s_160k_ade20k.py', 'configs/stvit_s_in1k_224.py',
-    'configs/stvit_s_in1k_384.py'
+    'configs/stvit_s_in1k_384.py', 'configs/cascade_mask_rcnn_stvit_s_3x.py',
+    'configs/retinanet_stvit_s_1x.py', 'configs/fpn_stvit_s_80k_ade20k.py'
 ]
 
 
@@ -236,6 +338,41 @@ def test_pipelines_run_on_generated_images(name, toy_root):
             elif task == 'mmpretrain':
                 side = 384 if '384' in name else 224
                 assert (h, w) == (side, side)
+
+
+def test_toy_cascade_trains_one_iteration(toy_root, tmp_path):
+    """The toy demo's path with a config of the new families: tools/train.py
+    trains configs/toy/cascade_mask_rcnn_stvit_s_toy.py (the real Cascade
+    Mask R-CNN 3x with toy data) on the generated images for one iteration,
+    evaluates it with the COCO metric and saves the checkpoint."""
+    coco = str(toy_root / 'toy_coco') + '/'
+    work = tmp_path / 'work'
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py',
+         'configs/toy/cascade_mask_rcnn_stvit_s_toy.py', '--work-dir',
+         str(work), '--cfg-options', 'train_cfg.max_iters=1',
+         'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
+         f'train_dataloader.dataset.data_root={coco}',
+         f'val_dataloader.dataset.data_root={coco}',
+         f'test_dataloader.dataset.data_root={coco}',
+         f'val_evaluator.ann_file={coco}annotations/instances_val.json',
+         f'test_evaluator.ann_file={coco}annotations/instances_val.json',
+         # fewer boxes through the three heads: same code, less time
+         'model.train_cfg.rpn_proposal.max_per_img=64',
+         'model.test_cfg.rpn.max_per_img=32',
+         'model.test_cfg.rcnn.max_per_img=10'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='2'))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert 'Iter(train) [1/1]' in out
+    loss = re.search(r'Iter\(train\) \[1/1\].* loss: ([0-9.]+)', out)
+    assert loss and float(loss.group(1)) > 0, out[-3000:]
+    # the three cascade stages all trained
+    for stage in range(3):
+        assert f's{stage}.loss_bbox' in out
+    assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+    assert (work / 'iter_1.pth').is_file()
 
 
 def _official_tail(feat, sd):
