@@ -60,21 +60,30 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob:.3f}'
 
 
-# When True (the default), a traced forward (FLOP counters, exporters) runs
-# the authors' computation graph: identity-kernel convolutions for the 3x3
-# neighbourhood gather/scatter, explicit matmul + softmax attention, the
-# residual and BatchNorm as separate ops. Every FLOP counter then reports
-# the paper's protocol (e.g. 82.3G for the STViT-S backbone at 1280x800).
-# The eager path computes the same values without the identity convolutions
-# (0.75G of those multiply-adds at that size): set this to False to count
-# only the arithmetic the fast path executes.
+# A traced forward (FLOP counters, the ONNX exporter) runs plain ops only:
+# explicit matmul + softmax attention, the residuals and BatchNorms as
+# separate ops, no oneDNN fused calls, no in-place updates and no custom
+# autograd functions, so that counters see every operation and exporters
+# can express it. When True (the default) it also runs the authors' 3x3
+# neighbourhood gather/scatter as identity-kernel convolutions, as in their
+# graph: every FLOP counter then reports the paper's protocol (e.g. 82.3G for
+# the STViT-S backbone at 1280x800). The eager path computes the same values
+# without the identity convolutions (0.75G of those multiply-adds at that
+# size): set this to False to count only the arithmetic the fast path
+# executes, or to export the fast graph (tools/deployment/export_onnx.py
+# does, unless given --reference-graph).
 REFERENCE_GRAPH_WHEN_TRACING = True
 
 
+def _traced() -> bool:
+    """True while the model is traced (FLOP counters, the ONNX exporter)."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def _tracing() -> bool:
-    """True while a FLOP counter or exporter traces the model."""
-    return REFERENCE_GRAPH_WHEN_TRACING and (torch.jit.is_tracing()
-                                            or torch.jit.is_scripting())
+    """True while traced with :data:`REFERENCE_GRAPH_WHEN_TRACING` on: the
+    trace is then the authors' graph."""
+    return REFERENCE_GRAPH_WHEN_TRACING and _traced()
 
 
 def unfold3x3(x: torch.Tensor, kernel: Optional[torch.Tensor] = None
@@ -127,6 +136,11 @@ def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
     cell receives the sum of what its 3x3 neighbours sent to it."""
     B, n, _, C = sent.shape
     sent = sent.reshape(B, h, w, 9, C)
+    if _traced():  # exporters: shifted copies added, no in-place updates
+        out = sum(
+            F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
+            for k, (i, j) in enumerate(_OFFSETS))
+        return out[:, 1:h + 1, 1:w + 1]
     out = sent.new_zeros(B, h + 2, w + 2, C)
     for k, (i, j) in enumerate(_OFFSETS):
         out[:, i:i + h, j:j + w] += sent[:, :, :, k]
@@ -172,7 +186,7 @@ def _fused_cpu(maps: Sequence[torch.Tensor],
     CPU forward that needs no gradient: channels-last ``maps``, no
     autocast, not traced or compiled (those see the plain ops and fuse by
     themselves)."""
-    if _compiling() or _tracing() or not _HAS_POINTWISE or \
+    if _compiling() or _traced() or not _HAS_POINTWISE or \
             not torch.backends.mkldnn.enabled:
         return False
     tensors = tuple(maps) + tuple(params)
@@ -326,7 +340,7 @@ def _memory_format(t: torch.Tensor):
 
 def _lean_autograd(*tensors) -> bool:
     """Use the memory-lean functions: eager training with gradients."""
-    return torch.is_grad_enabled() and not _tracing() and any(
+    return torch.is_grad_enabled() and not _traced() and any(
         t is not None and t.requires_grad for t in tensors)
 
 
@@ -373,7 +387,7 @@ class ResDWC(nn.Module):
         return w + delta
 
     def forward(self, x):
-        if _tracing():
+        if _traced():
             return x + self.conv(x)
         c = self.kernel_size // 2
         return F.conv2d(x, self.folded_weight(), self.conv.bias, 1, c, 1,
@@ -408,7 +422,7 @@ class ConvFFN(nn.Module):
         ``identity`` may be overwritten with the sum when no gradient is
         needed: pass only a tensor you own.
         """
-        if bn is not None and not bn.training and not _tracing():
+        if bn is not None and not bn.training and not _traced():
             # inference: fold the preceding BatchNorm into fc1 (exact).
             w, b = self._fc1_folded(bn)
             if not self.training or not self.drop.p:
@@ -479,7 +493,7 @@ class MultiheadConvAttention(nn.Module):
         the sum when no gradient is needed: pass only a tensor you own)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
-        if _tracing():
+        if _traced():
             attn = ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
             out = self.attn_drop(attn) @ v
         else:
@@ -539,6 +553,10 @@ class StokenAttention(nn.Module):
         n = hh*ww super tokens and P = sh*sw pixels per cell.
         """
         B, C, H0, W0 = x.shape
+        if _traced():
+            # a trace has a fixed input size: plain ints keep the shapes
+            # below static for exporters (ONNX cannot infer through // and %)
+            H0, W0 = int(H0), int(W0)
         sh, sw = self.stoken_size
         pad_b, pad_r = (-H0) % sh, (-W0) % sw
         if pad_b or pad_r:
@@ -548,7 +566,11 @@ class StokenAttention(nn.Module):
         n, P = hh * ww, sh * sw
 
         # initial grid: the mean of each cell, (B, C, hh, ww)
-        stokens = F.adaptive_avg_pool2d(x, (hh, ww))
+        if torch.onnx.is_in_onnx_export():
+            # ONNX pools to constant sizes only: the same cell means
+            stokens = F.avg_pool2d(x, (sh, sw))
+        else:
+            stokens = F.adaptive_avg_pool2d(x, (hh, ww))
         pixels = x.reshape(B, C, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1)
         pixels = pixels.reshape(B, n, P, C)
 
@@ -619,8 +641,8 @@ class StokenAttention(nn.Module):
         else:
             out = assoc @ gather3x3(_nhwc(stokens))  # (B, n, P, C)
             out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-            if identity is not None and H == H0 and W == W0 and \
-                    identity.is_contiguous(
+            if identity is not None and not _traced() and H == H0 and \
+                    W == W0 and identity.is_contiguous(
                         memory_format=torch.channels_last) and \
                     _no_grad_needed(identity, out):
                 # add the cells into the residual map in place, no copy
@@ -687,7 +709,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         conv, bn = self.proj
-        if bn.training or _tracing():
+        if bn.training or _traced():
             return bn(conv(x))
         scale, shift = _bn_scale_shift(bn)
         w = conv.weight * scale.view(-1, 1, 1, 1)
