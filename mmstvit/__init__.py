@@ -11,8 +11,10 @@ each toolbox gets mmstvit's modules registered when it is itself imported
 """
 from .version import __version__
 from .models import STViT, StokenAttention
-from .registry import install_hooks
+from .model_index import _register_model_index
+from .registry import install_hooks, when_imported
 
 install_hooks()
+when_imported('mmpretrain', _register_model_index)
 
 __all__ = ['__version__', 'STViT', 'StokenAttention']
