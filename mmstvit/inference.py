@@ -130,6 +130,41 @@ def require_stvit(cfg, config_path: str, task: str) -> None:
             'scripts')
 
 
+def resolve_checkpoint(path: Optional[str], task: str):
+    """``(what to load, note)`` for a checkpoint given to a tool: mm
+    checkpoints as they are, the authors' files through the converting
+    ``stvit-official://`` scheme (as tools/test.py loads them); ``note``
+    says what an official file brings, else None.
+
+    Raises:
+        InputError: the file is missing or is no checkpoint of either kind.
+    """
+    if path is None:
+        return None, None
+    import pickle
+
+    from mmstvit.utils import launch
+    if launch.is_remote(path):
+        return path, None
+    if not osp.isfile(path):
+        raise InputError(f'{path}: no such file')
+    try:
+        fmt = launch.checkpoint_format(path)
+    except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise InputError(f'{path} cannot be read as a checkpoint: {e}')
+    if fmt == 'official':
+        note = ('an official STViT ImageNet file: converted while loading'
+                + ('' if task == 'mmpretrain' else
+                   '; it holds the backbone only, the rest of the model '
+                   'keeps random weights'))
+        return launch.official_load_from(path, task), note
+    if fmt != 'mm':
+        raise InputError(
+            f"{path} is neither an mm checkpoint (with 'state_dict') nor an "
+            "official STViT file (with 'model')")
+    return path, None
+
+
 # ---------------------------------------------------------------------------
 # class names
 # ---------------------------------------------------------------------------
@@ -356,6 +391,6 @@ def summary_line(result: Dict, task: str, max_items: int = 5) -> str:
 
 __all__ = [
     'InputError', 'IMAGE_EXTS', 'TASKS', 'list_images', 'backbone_types',
-    'require_stvit', 'choose_classes', 'config_metainfo', 'infer',
+    'require_stvit', 'resolve_checkpoint', 'choose_classes', 'config_metainfo', 'infer',
     'summary_line'
 ]

@@ -195,3 +195,30 @@ def test_rtol_failure_exits_1(tool, tmp_path, monkeypatch):
                         '--shape', '32', '32', '--out',
                         str(tmp_path / 'b.onnx')])
     assert e.value.code == 1
+
+
+def test_checkpoint_is_exported(tool, tmp_path):
+    """--checkpoint: the exported graph computes the checkpoint's model
+    (the tool's own random init would differ)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmstvit.utils.launch import register_toolbox
+    register_toolbox('mmpretrain')
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(osp.join(REPO, 'configs/stvit_s_in1k_224.py'))
+    torch.manual_seed(123)
+    model = MODELS.build(cfg.model).eval()
+    ckpt = str(tmp_path / 'cls.pth')
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    out = str(tmp_path / 'cls.onnx')
+    run_tool(tool, ['configs/stvit_s_in1k_224.py', '--shape', '64', '64',
+                    '--checkpoint', ckpt, '--out', out])
+    import onnxruntime as ort
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    got = ort.InferenceSession(out, providers=['CPUExecutionProvider']).run(
+        None, {'input': x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x, mode='tensor').numpy()
+    assert abs(got - ref).max() / abs(ref).max() < 1e-4

@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import os.path as osp
-import pickle
 import sys
 import time
 import warnings
@@ -82,32 +81,6 @@ def _fail(msg):
     raise SystemExit(f'mmstvit infer: {msg}')
 
 
-def resolve_weights(weights, task):
-    """The weights as the inferencer should load them; the authors' files
-    load converted (``stvit-official://``), as in tools/test.py."""
-    if weights is None:
-        return None, None
-    from mmstvit.utils import launch
-    if launch.is_remote(weights):
-        return weights, None
-    if not osp.isfile(weights):
-        _fail(f'--weights {weights}: no such file')
-    try:
-        fmt = launch.checkpoint_format(weights)
-    except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-        _fail(f'--weights {weights} cannot be read as a checkpoint: {e}')
-    if fmt == 'official':
-        note = ('official STViT ImageNet file: converted while loading'
-                + ('' if task == 'mmpretrain' else
-                   '; it holds the backbone only, the other parts of the '
-                   'model keep random weights'))
-        return launch.official_load_from(weights, task), note
-    if fmt != 'mm':
-        _fail(f'--weights {weights} is not an mm checkpoint (no '
-              "'state_dict') nor an official STViT file (a 'model' entry)")
-    return weights, None
-
-
 @contextlib.contextmanager
 def logs_to(path):
     """Warnings and mm log lines go to ``path`` instead of the console."""
@@ -148,7 +121,8 @@ def main(argv=None):
 
     import mmstvit  # noqa: F401
     from mmstvit.inference import (TASK_NAMES, InputError, infer,
-                                   list_images, require_stvit, summary_line)
+                                   list_images, require_stvit,
+                                   resolve_checkpoint, summary_line)
     from mmstvit.utils import launch
 
     cfg = Config.fromfile(args.config)
@@ -160,7 +134,10 @@ def main(argv=None):
         images = list_images(args.inputs)
     except InputError as e:
         _fail(str(e))
-    weights, note = resolve_weights(args.weights, task)
+    try:
+        weights, note = resolve_checkpoint(args.weights, task)
+    except InputError as e:
+        _fail(f'--weights {e}')
     device = args.device
     if device is None:
         import torch

@@ -53,7 +53,8 @@ def parse_args(argv=None):
         help='input height and width of the exported graph')
     parser.add_argument(
         '--checkpoint',
-        help='weights to export (an mm checkpoint); default: random weights')
+        help='weights to export: an mm checkpoint or an official STViT file '
+        '(default: random weights)')
     parser.add_argument(
         '--part',
         choices=['model', 'features', 'backbone'],
@@ -90,8 +91,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if min(args.shape) < 1 or args.batch_size < 1:
         parser.error('--shape and --batch-size must be positive')
-    if args.checkpoint and not osp.isfile(args.checkpoint):
-        parser.error(f'--checkpoint {args.checkpoint}: no such file')
     if not osp.isfile(args.config):
         parser.error(f'config not found: {args.config}')
     return args
@@ -133,7 +132,8 @@ def main(argv=None):
 
     import mmstvit  # noqa: F401
     from mmstvit import export
-    from mmstvit.inference import InputError, require_stvit
+    from mmstvit.inference import (InputError, require_stvit,
+                                   resolve_checkpoint)
     from mmstvit.utils import launch
 
     cfg = Config.fromfile(args.config)
@@ -142,6 +142,7 @@ def main(argv=None):
     task = launch.detect_task(cfg)
     try:
         require_stvit(cfg, args.config, task)
+        checkpoint, note = resolve_checkpoint(args.checkpoint, task)
     except InputError as e:
         raise SystemExit(f'mmstvit: {e}')
     part = args.part or export.PARTS[task][0]
@@ -169,9 +170,11 @@ def main(argv=None):
           + (f'weights {args.checkpoint}' if args.checkpoint else
              'random weights (no --checkpoint)'), flush=True)
 
+    if note:
+        print(f'  {note}')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model = build_model(cfg, task, args.checkpoint)
+        model = build_model(cfg, task, checkpoint)
     module = export.export_module(model, task, part)
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(args.batch_size, 3, H, W, generator=generator)
