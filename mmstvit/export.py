@@ -28,7 +28,7 @@ import os
 import os.path as osp
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -307,11 +307,13 @@ def op_counts(path: str) -> Dict[str, int]:
 
 
 def compare_with_onnxruntime(module: nn.Module, inputs: torch.Tensor,
-                             path: str, threads: int = 0) -> List[Dict]:
+                             path: str, threads: int = 0,
+                             timings: Optional[Dict] = None) -> List[Dict]:
     """Runs the ONNX file with onnxruntime (CPU) and ``module`` with
     PyTorch on the same ``inputs``; one dict per output: ``name``,
     ``shape``, ``max_abs_diff``, ``max_abs_ref`` and ``relative``
-    (max |onnx - torch| / max |torch|)."""
+    (max |onnx - torch| / max |torch|). ``timings``, when given, receives
+    ``onnxruntime_ms``: the median of three runs after the first."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
@@ -321,7 +323,15 @@ def compare_with_onnxruntime(module: nn.Module, inputs: torch.Tensor,
         path, options, providers=['CPUExecutionProvider'])
     with torch.no_grad():
         ref = as_tuple(module.eval()(inputs))
-    got = session.run(None, {'input': inputs.cpu().numpy()})
+    feed = {'input': inputs.cpu().numpy()}
+    got = session.run(None, feed)
+    if timings is not None:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        timings['onnxruntime_ms'] = 1000 * sorted(times)[1]
     rows = []
     for name, r, g in zip([o.name for o in session.get_outputs()], ref, got):
         r = r.detach().cpu().float().numpy()

@@ -391,6 +391,6 @@ def summary_line(result: Dict, task: str, max_items: int = 5) -> str:
 
 __all__ = [
     'InputError', 'IMAGE_EXTS', 'TASKS', 'list_images', 'backbone_types',
-    'require_stvit', 'resolve_checkpoint', 'choose_classes', 'config_metainfo', 'infer',
-    'summary_line'
+    'require_stvit', 'resolve_checkpoint', 'choose_classes',
+    'config_metainfo', 'infer', 'summary_line'
 ]

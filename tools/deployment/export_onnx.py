@@ -126,7 +126,6 @@ def _size(path):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
     from mmengine.config import Config
     from mmengine.logging import MMLogger
 
@@ -154,7 +153,20 @@ def main(argv=None):
             f'choose one of {", ".join(export.PARTS[task])}')
     launch.register_toolbox(task)
     # mm's own INFO lines (model building, checkpoint loading) stay quiet
-    MMLogger.get_current_instance().setLevel('WARNING')
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        return export_and_check(args, cfg, task, part, checkpoint, note)
+    finally:
+        logger.setLevel(level)
+
+
+def export_and_check(args, cfg, task, part, checkpoint, note):
+    import torch
+
+    from mmstvit import export
+    from mmstvit.utils import launch
 
     H, W = args.shape
     stem = osp.splitext(osp.basename(args.config))[0]
@@ -195,8 +207,11 @@ def main(argv=None):
     if args.no_check:
         return dict(out=out, rows=None, identity_kernel_convs=n_eye)
 
-    rows = export.compare_with_onnxruntime(module, inputs, out)
-    print('  onnxruntime vs PyTorch on the same input:')
+    timings = {}
+    rows = export.compare_with_onnxruntime(
+        module, inputs, out, timings=timings)
+    print(f'  onnxruntime vs PyTorch on the same input (onnxruntime: '
+          f'{timings["onnxruntime_ms"]:.0f} ms per run on this CPU):')
     for row in rows:
         if 'onnx_shape' in row:
             print(f'    {row["name"]} {row["shape"]}: onnxruntime gives shape '
