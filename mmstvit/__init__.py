@@ -16,9 +16,11 @@ replaced by mmstvit's weights-only reader when mmengine imports them (see
 from .version import __version__
 from .engine import LayerDecayOptimWrapperConstructor
 from .models import STViT, StokenAttention
+from .model_index import _register_model_index
 from .registry import install_hooks, when_imported
 
 install_hooks()
+when_imported('mmpretrain', _register_model_index)
 
 
 def _safe_mmengine_loaders(_module):

@@ -68,8 +68,26 @@ def test_demo_smoke_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert 'toy_coco: wrote 2 train + 5 val images' in out
-    assert 'Iter(train) [1/1]' in out  # the training log streams through
     assert 'mmstvit demo: STViT-S trained from random init' in out
+
+    # a quiet console: phases, one progress line per logged iteration and
+    # the summary table last; the mm logs and warnings go to the log files
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) < 40, out
+    assert proc.stderr == '', proc.stderr
+    for noise in ('mmengine - INFO', 'Warning', 'paramwise_options',
+                  'Iter(train)', 'Iter(test)'):
+        assert noise not in out, noise
+    for phase in ('[data]', '[det]', '[seg]', 'evaluate at random init',
+                  'train 1 iteration', 'evaluate the trained model'):
+        assert phase in out, phase
+    assert sum(ln.lstrip().startswith('iter    1/1  loss ')
+               for ln in lines) == 2  # one logged iteration per model
+    assert lines[-1] == '=' * 72
+    assert lines.index('mmstvit demo: STViT-S trained from random init on '
+                       'the toy data') > max(
+                           i for i, ln in enumerate(lines)
+                           if 'evaluate the trained model' in ln)
 
     summary = json.loads((work / 'summary.json').read_text())
     det, seg = summary['tasks']['det'], summary['tasks']['seg']
@@ -82,6 +100,12 @@ def test_demo_smoke_run(tmp_path):
             assert all(isinstance(v, (int, float))
                        for v in task[when].values()), task
         assert all(osp.isfile(p) for p in task['pictures'])
+        # what the console no longer shows is in the logs, command first
+        for phase, log in task['logs'].items():
+            text = open(log).read()
+            assert text.startswith('$ ') and 'tools/' in text.splitlines()[0]
+            assert 'mmengine - INFO' in text, phase
+        assert 'Iter(train) [1/1]' in open(task['logs']['train']).read()
     assert len(det['pictures']) == 5  # mmdet draws every val image
     assert len(seg['pictures']) == 1  # mmseg every 5th (iter 5 of 5)
     assert 0 <= seg['after']['mIoU'] <= 100

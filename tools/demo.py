@@ -18,20 +18,31 @@ nothing)::
 5. prints bbox mAP, segm mAP and mIoU before and after, and where the
    prediction pictures are; ``<work-dir>/summary.json`` keeps them.
 
-Each step is the command a user would type, run as a subprocess; their logs
-stream to the console.
+Each step is the command a user would type (``tools/test.py``,
+``tools/train.py``), run as a subprocess. The console gets one short line per
+phase, a line per logged training iteration (every 20 in the toy configs)
+and the summary table last; everything the tools print (the mm logs:
+configs, parameter groups, every logged iteration, warnings) goes to
+``<work-dir>/<task>/{test_before,train,test_after}.log``, with the command
+on its first line; mmengine also keeps its own logs in the run directories.
 """
 import argparse
 import glob
 import json
 import os
 import os.path as osp
+import re
+import shlex
 import subprocess
 import sys
 import time
+import warnings
+from collections import deque
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# setuptools < 81 is pinned on purpose (mmengine needs pkg_resources)
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 TASKS = [
     dict(
@@ -83,16 +94,68 @@ def parse_args(argv=None):
     return args
 
 
-def run(cmd, log_name, work_dir):
-    """Runs a tool, streaming its output; stops the demo if it fails."""
-    print(f'\n$ {" ".join(cmd)}', flush=True)
+_TRAIN_LINE = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/(\d+)\]')
+_LOSS = re.compile(r'\bloss: ([0-9.eE+-]+)')
+_ETA = re.compile(r'\beta: (\S+)')
+
+
+def progress_line(line, start):
+    """The console line for a logged training iteration of mmengine, or
+    None for any other log line."""
+    m = _TRAIN_LINE.search(line)
+    if not m:
+        return None
+    loss = _LOSS.search(line)
+    eta = _ETA.search(line)
+    return (f'    iter {int(m.group(1)):>4d}/{m.group(2)}'
+            + (f'  loss {float(loss.group(1)):.3f}' if loss else '')
+            + f'  {time.time() - start:5.0f} s'
+            + (f'  eta {eta.group(1)}' if eta else ''))
+
+
+def run(cmd, log_path):
+    """Runs a tool with its output going to ``log_path`` (the command on
+    the first line); prints a progress line for every logged training
+    iteration. Stops the demo, showing the end of the log, if it fails.
+    Returns the seconds it took."""
+    os.makedirs(osp.dirname(log_path), exist_ok=True)
     start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT)
+    tail = deque(maxlen=40)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    with open(log_path, 'w') as log:
+        log.write('$ ' + ' '.join(shlex.quote(c) for c in cmd) + '\n')
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors='replace', env=env)
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip('\n'))
+            shown = progress_line(line, start)
+            if shown:
+                print(shown, flush=True)
+        proc.wait()
     if proc.returncode != 0:
+        print('\n'.join(tail), file=sys.stderr)
         sys.exit(f'demo: `{" ".join(cmd)}` failed with exit code '
-                 f'{proc.returncode} (see the log above and '
-                 f'{work_dir})')
+                 f'{proc.returncode}; the end of its output is above, all '
+                 f'of it in {log_path}')
     return time.time() - start
+
+
+def plural(n, word):
+    return f'{n} {word}' + ('' if n == 1 else 's')
+
+
+def fmt_metric(metric, value):
+    if value is None:
+        return 'n/a'
+    return f'{value:.2f}' if metric == 'mIoU' else f'{value:.3f}'
+
+
+def metrics_text(task, values):
+    return ', '.join(f'{m} {fmt_metric(m, values.get(m))}'
+                     for m in task['metrics'])
 
 
 def data_options(args):
@@ -122,13 +185,33 @@ def random_init_checkpoint(config, path):
     checkpoint, so that tools/test.py can evaluate it."""
     import torch
 
+    from mmengine.logging import MMLogger
+
     from mmstvit.builder import build_model
     torch.manual_seed(0)
-    model = build_model(osp.join(ROOT, config), keep_init_cfg=True)
-    model.init_weights()
+    # init_weights reports every parameter: not for the console
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('ERROR')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            model = build_model(osp.join(ROOT, config), keep_init_cfg=True)
+            model.init_weights()
+    finally:
+        logger.setLevel(level)
     os.makedirs(osp.dirname(path), exist_ok=True)
     torch.save(dict(state_dict=model.state_dict(), meta=dict(demo='init')),
                path)
+
+
+def schedule(config, iters=None):
+    """(training iterations, logging interval) of a toy config."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    every = cfg.default_hooks.logger.interval
+    iters = iters or cfg.train_cfg.max_iters
+    return iters, min(every, iters)
 
 
 def latest_metrics(test_dir):
@@ -165,14 +248,21 @@ def pictures(show_dir):
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
+    work_root = osp.join(ROOT, args.work_dir) if not osp.isabs(
+        args.work_dir) else args.work_dir
+    print('mmstvit demo: STViT-S Mask R-CNN and UperNet from random init on '
+          f'the toy data (CPU); full logs under {work_root}/<task>/*.log',
+          flush=True)
     from mmstvit.datasets.toy_data import format_report, generate_toy_data
     sizes = {
         k: v
         for k, v in (('num_train', args.num_train), ('num_val', args.num_val))
         if v is not None
     }
+    print('[data]', flush=True)
     report = generate_toy_data(root=args.data_root, **sizes)
-    print('\n'.join(format_report(report)), flush=True)
+    print('\n'.join('  ' + line for line in format_report(report)),
+          flush=True)
 
     py = sys.executable
     opts = data_options(args)
@@ -182,7 +272,7 @@ def main(argv=None):
             continue
         name = task['name']
         wd = osp.join(args.work_dir, name)
-        wd_abs = osp.join(ROOT, wd) if not osp.isabs(wd) else wd
+        wd_abs = osp.join(work_root, name)
         extra = list(opts[name]) if opts else []
         train_opts = list(extra)
         if args.iters is not None:
@@ -192,42 +282,59 @@ def main(argv=None):
                 f'default_hooks.checkpoint.interval={args.iters}'
             ]
         cfg_opts = (lambda o: ['--cfg-options'] + o if o else [])
+        print(f'[{name}] {task["title"]}: {task["config"]}', flush=True)
 
+        print('  evaluate at random init ...', end=' ', flush=True)
         init_ckpt = osp.join(wd_abs, 'random_init.pth')
         random_init_checkpoint(task['config'], init_ckpt)
         t_before = run([
             py, 'tools/test.py', task['config'], init_ckpt, '--work-dir',
             osp.join(wd, 'test_before')
-        ] + cfg_opts(extra), 'before', wd)
+        ] + cfg_opts(extra), osp.join(wd_abs, 'test_before.log'))
         before = latest_metrics(osp.join(wd_abs, 'test_before'))
+        before = {k: before.get(v) for k, v in task['metrics'].items()}
+        print(f'{metrics_text(task, before)} ({t_before:.0f} s)', flush=True)
 
+        iters, every = schedule(task['config'], args.iters)
+        print(f'  train {plural(iters, "iteration")} (a line every '
+              f'{plural(every, "iteration")}):', flush=True)
         t_train = run(
             [py, 'tools/train.py', task['config'], '--work-dir', wd] +
-            cfg_opts(train_opts), 'train', wd)
+            cfg_opts(train_opts), osp.join(wd_abs, 'train.log'))
         ckpt = last_checkpoint(wd_abs)
+        print(f'  trained in {t_train:.0f} s: {ckpt}', flush=True)
 
+        print('  evaluate the trained model ...', end=' ', flush=True)
         show_dir = osp.join(wd_abs, 'pictures')
         t_after = run([
             py, 'tools/test.py', task['config'], ckpt, '--work-dir',
             osp.join(wd, 'test_after'), '--show-dir', show_dir
-        ] + task['show_args'] + cfg_opts(extra), 'after', wd)
+        ] + task['show_args'] + cfg_opts(extra),
+                      osp.join(wd_abs, 'test_after.log'))
         after = latest_metrics(osp.join(wd_abs, 'test_after'))
+        after = {k: after.get(v) for k, v in task['metrics'].items()}
         pics = pictures(show_dir) or pictures(osp.join(wd_abs, 'test_after'))
+        print(f'{metrics_text(task, after)} ({t_after:.0f} s), '
+              f'{plural(len(pics), "picture")}', flush=True)
         summary['tasks'][name] = dict(
             title=task['title'],
             config=task['config'],
             checkpoint=ckpt,
-            before={k: before.get(v) for k, v in task['metrics'].items()},
-            after={k: after.get(v) for k, v in task['metrics'].items()},
+            before=before,
+            after=after,
             seconds=dict(
                 test_before=round(t_before, 1),
                 train=round(t_train, 1),
                 test_after=round(t_after, 1)),
-            pictures=pics)
+            pictures=pics,
+            logs={
+                k: osp.join(wd_abs, f'{k}.log')
+                for k in ('test_before', 'train', 'test_after')
+            })
 
     summary['total_seconds'] = round(time.time() - t0, 1)
-    os.makedirs(osp.join(ROOT, args.work_dir), exist_ok=True)
-    out = osp.join(ROOT, args.work_dir, 'summary.json')
+    os.makedirs(work_root, exist_ok=True)
+    out = osp.join(work_root, 'summary.json')
     with open(out, 'w') as f:
         json.dump(summary, f, indent=2)
 
@@ -237,9 +344,8 @@ def main(argv=None):
     for name, t in summary['tasks'].items():
         for metric in t['before']:
             b, a = t['before'][metric], t['after'][metric]
-            fmt = (lambda v: '   n/a' if v is None else f'{v:8.3f}'
-                   if metric != 'mIoU' else f'{v:8.2f}')
-            print(f'{t["title"]:34s} {metric:9s} {fmt(b)} {fmt(a)}')
+            print(f'{t["title"]:34s} {metric:9s} '
+                  f'{fmt_metric(metric, b):>8s} {fmt_metric(metric, a):>8s}')
     for name, t in summary['tasks'].items():
         pics = t['pictures']
         print(f'{t["title"]}: {len(pics)} prediction pictures'

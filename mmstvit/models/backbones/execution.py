@@ -65,10 +65,20 @@ def reference_graph_when_tracing(enabled: bool) -> Iterator[None]:
         set_reference_graph_when_tracing(previous)
 
 
+def traced() -> bool:
+    """A tracer runs (FLOP counters, the ONNX exporter): plain ops only,
+    no fused calls, no in-place updates, no custom autograd functions, so
+    that counters see every operation and exporters can express it."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def tracing() -> bool:
-    """Reference-graph mode: a tracer runs and the switch is on."""
-    return REFERENCE_GRAPH_WHEN_TRACING and (torch.jit.is_tracing()
-                                            or torch.jit.is_scripting())
+    """Reference-graph mode: a tracer runs and the switch is on; the 3x3
+    neighbourhood gather/scatter is then the authors' identity-kernel
+    convolutions (the FLOP-counting protocol). With the switch off a trace
+    keeps the plain ops of :func:`traced` and the fast gather/scatter
+    (what tools/deployment/export_onnx.py exports)."""
+    return REFERENCE_GRAPH_WHEN_TRACING and traced()
 
 
 def compiling() -> bool:
@@ -88,7 +98,7 @@ def fused_cpu(maps: Sequence[torch.Tensor],
     eager float32 CPU forward that needs no gradient, with channels-last
     ``maps``, no autocast, not traced or compiled (those see the plain ops
     and fuse by themselves)."""
-    if compiling() or tracing() or not HAS_POINTWISE or \
+    if compiling() or traced() or not HAS_POINTWISE or \
             not torch.backends.mkldnn.enabled:
         return False
     tensors = tuple(maps) + tuple(params)
@@ -104,7 +114,7 @@ def fused_cpu(maps: Sequence[torch.Tensor],
 
 def lean_autograd(*tensors) -> bool:
     """Memory-lean-training mode: eager forward with gradients."""
-    return torch.is_grad_enabled() and not tracing() and any(
+    return torch.is_grad_enabled() and not traced() and any(
         t is not None and t.requires_grad for t in tensors)
 
 

@@ -88,6 +88,11 @@ def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
     cell receives the sum of what its 3x3 neighbours sent to it."""
     B, n, _, C = sent.shape
     sent = sent.reshape(B, h, w, 9, C)
+    if execution.traced():  # exporters: shifted copies added, no in-place
+        out = sum(
+            F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
+            for k, (i, j) in enumerate(_OFFSETS))
+        return out[:, 1:h + 1, 1:w + 1]
     out = sent.new_zeros(B, h + 2, w + 2, C)
     for k, (i, j) in enumerate(_OFFSETS):
         out[:, i:i + h, j:j + w] += sent[:, :, :, k]
@@ -153,7 +158,8 @@ def upsample(assoc: torch.Tensor, stokens: torch.Tensor,
     sh, sw = stoken_size
     out = assoc @ gather3x3(nhwc(stokens))  # (B, n, P, C)
     out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-    if identity is not None and not padded and identity.is_contiguous(
+    if identity is not None and not padded and not execution.traced() and \
+            identity.is_contiguous(
             memory_format=torch.channels_last) and execution.no_grad_needed(
                 identity, out):
         # add the cells into the residual map in place, no copy

@@ -131,7 +131,7 @@ class ResDWC(nn.Module):
         return w + delta
 
     def forward(self, x):
-        if execution.tracing():  # the reference graph
+        if execution.traced():  # plain ops: the residual as written
             return x + self.conv(x)
         c = self.kernel_size // 2
         return F.conv2d(x, self.folded_weight(), self.conv.bias, 1, c, 1,
@@ -158,7 +158,7 @@ class ConvFFN(nn.Module):
         ``identity`` may be overwritten with the sum when no gradient is
         needed: pass only a tensor you own.
         """
-        if bn is not None and not bn.training and not execution.tracing():
+        if bn is not None and not bn.training and not execution.traced():
             # inference: the BatchNorm folds into fc1 (exact)
             h = self.conv(kernels.bn_conv_gelu(x, bn, self.fc1, self.act1,
                                                self.drop))
@@ -218,7 +218,7 @@ class MultiheadConvAttention(nn.Module):
         the sum when no gradient is needed: pass only a tensor you own)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
-        if execution.tracing():  # the reference graph: explicit softmax
+        if execution.traced():  # plain ops: explicit softmax
             attn = ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
             out = self.attn_drop(attn) @ v
         else:
@@ -307,6 +307,10 @@ class StokenAttention(nn.Module):
         """Runs super token sampling on ``x`` (B, C, H0, W0) and returns its
         results (:class:`SuperTokenSampling`)."""
         B, C, H0, W0 = x.shape
+        if execution.traced():
+            # a trace has a fixed input size: plain ints keep the shapes
+            # below static for exporters (ONNX cannot infer through // and %)
+            H0, W0 = int(H0), int(W0)
         sh, sw = self.stoken_size
         pad_b, pad_r = (-H0) % sh, (-W0) % sw
         if pad_b or pad_r:
@@ -316,7 +320,11 @@ class StokenAttention(nn.Module):
         n, P = hh * ww, sh * sw
 
         # initial grid: the mean of each cell, (B, C, hh, ww)
-        stokens = F.adaptive_avg_pool2d(x, (hh, ww))
+        if torch.onnx.is_in_onnx_export():
+            # ONNX pools to constant sizes only: the same cell means
+            stokens = F.avg_pool2d(x, (sh, sw))
+        else:
+            stokens = F.adaptive_avg_pool2d(x, (hh, ww))
         pixels = x.reshape(B, C, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1)
         pixels = pixels.reshape(B, n, P, C)
 
@@ -439,7 +447,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         conv, bn = self.proj
-        if bn.training or execution.tracing():
+        if bn.training or execution.traced():
             return bn(conv(x))
         return kernels.conv_bn_folded(x, conv, bn)  # inference: BN folded
 

@@ -1,0 +1,96 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""Model names: model-index.yml and the metafiles in the OpenMMLab format,
+and the classifiers in mmpretrain's ModelHub (list_models / get_model)."""
+import glob
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import mmstvit  # noqa: F401
+from mmstvit import model_index
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PAPER = {  # the paper's results
+    'configs/stvit_s_in1k_224.py': {'Top 1 Accuracy': 83.6},
+    'configs/stvit_b_in1k_384.py': {'Top 1 Accuracy': 86.0},
+    'configs/stvit_l_in1k_224.py': {'Top 1 Accuracy': 85.3},
+    'configs/mask_rcnn_stvit_s_1x.py': {'box AP': 47.6, 'mask AP': 43.1},
+    'configs/mask_rcnn_stvit_l_3x.py': {'box AP': 51.7, 'mask AP': 45.9},
+    'configs/upernet_stvit_b_160k_ade20k.py': {
+        'mIoU': 50.7, 'mIoU(ms+flip)': 51.9},
+}
+CLASSIFIERS = [
+    f'stvit-{a}_{s}' for a in ('small', 'base', 'large')
+    for s in ('8xb128_in1k', '8xb64_in1k-384')
+]
+
+
+def test_model_index_covers_every_config_once():
+    with open(model_index.MODEL_INDEX) as f:
+        index = yaml.safe_load(f)
+    metafiles = index['Import']
+    assert len(metafiles) == 3
+    assert all(osp.isfile(osp.join(REPO, m)) for m in metafiles)
+    models = model_index.load_models()
+    configs = [m.config for m in models]
+    expected = sorted(
+        osp.relpath(p, REPO)
+        for p in glob.glob(osp.join(REPO, 'configs', '*.py')))
+    assert sorted(configs) == expected  # every paper row, each once
+    names = [m.name for m in models]
+    assert len(set(names)) == len(names)
+    for m in models:
+        assert m.in_collection and m.metadata.parameters > 1e6
+        assert m.metadata.flops > 1e9
+        conv = m.data['Converted From']
+        assert 'drive.google.com' in conv['Weights']
+        assert conv['Code'] == 'https://github.com/hhb072/STViT'
+        metrics = {k: v for r in m.results for k, v in r.metrics.items()}
+        if m.config in PAPER:
+            assert metrics == PAPER[m.config], m.name
+
+
+def test_list_models_finds_the_classifiers():
+    from mmpretrain import list_models
+    assert sorted(list_models('*stvit*')) == sorted(CLASSIFIERS)
+    # the det/seg names stay out of mmpretrain's hub (it cannot build them)
+    assert not list_models('mask-rcnn_stvit*')
+
+
+@pytest.mark.parametrize('name', CLASSIFIERS)
+def test_get_model_builds_the_named_classifier(name):
+    """The model built by name has the metafile's parameter count (the
+    measured one, so arch and head must be the right ones)."""
+    from mmpretrain import get_model
+    from mmpretrain.apis import ModelHub
+    model = get_model(name)
+    assert type(model).__name__ == 'ImageClassifier'
+    assert type(model.backbone).__name__ == 'STViT'
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expected = ModelHub.get(name).metadata.parameters
+    assert abs(params - expected) / expected < 0.005, (params, expected)
+    assert model.backbone.arch == name.split('_')[0].split('-')[1]
+    res = 384 if name.endswith('-384') else 224
+    pipeline = ModelHub.get(name).config.test_dataloader.dataset.pipeline
+    assert any(t.get('crop_size') == res for t in pipeline)
+
+
+@pytest.mark.parametrize('order', ['mmstvit first', 'mmpretrain first'])
+def test_registration_in_either_import_order(order):
+    """The post-import hook (mmpretrain imported later) and the immediate
+    one (already imported) both register the names, once."""
+    imports = ('import mmstvit, mmpretrain' if order == 'mmstvit first' else
+               'import mmpretrain, mmstvit')
+    code = (f'{imports}\n'
+            'import mmstvit.model_index as mi\n'
+            'mi._register_model_index(mmpretrain)  # again: a no-op\n'
+            "print(sorted(mmpretrain.list_models('stvit-small*')))\n")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'could not add its model names' not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(
+        ['stvit-small_8xb128_in1k', 'stvit-small_8xb64_in1k-384'])
