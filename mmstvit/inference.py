@@ -144,19 +144,25 @@ def resolve_checkpoint(path: Optional[str], task: str):
     import pickle
 
     from mmstvit.utils import launch
+    from mmstvit.utils.checkpoint import checkpoint_format
     if launch.is_remote(path):
         return path, None
     if not osp.isfile(path):
         raise InputError(f'{path}: no such file')
     try:
-        fmt = launch.checkpoint_format(path)
+        fmt = checkpoint_format(path)
     except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         raise InputError(f'{path} cannot be read as a checkpoint: {e}')
     if fmt == 'official':
-        note = ('an official STViT ImageNet file: converted while loading'
-                + ('' if task == 'mmpretrain' else
-                   '; it holds the backbone only, the rest of the model '
-                   'keeps random weights'))
+        if task != 'mmpretrain':
+            # the neck and heads would predict from random weights
+            raise InputError(
+                f'{path} is an official STViT ImageNet file: it holds the '
+                'backbone only, and the rest of this model would predict '
+                'from random weights. Train the model first (python '
+                'tools/train.py CONFIG: its init_cfg loads this file into '
+                'the backbone) and pass the checkpoint the run saves.')
+        note = 'an official STViT ImageNet file: converted while loading'
         return launch.official_load_from(path, task), note
     if fmt != 'mm':
         raise InputError(

@@ -84,8 +84,8 @@ def test_tiny_backbone_graph(reference, tmp_path):
                                           (2, 48, 4, 5), (2, 64, 2, 3)]
     assert max(r['relative'] for r in rows) < 1e-4, rows
     # the flag is restored
-    from mmstvit.models.backbones import stvit
-    assert stvit.REFERENCE_GRAPH_WHEN_TRACING is True
+    from mmstvit.models.backbones import execution
+    assert execution.reference_graph_enabled() is True
 
 
 def test_comparison_can_fail(tmp_path):
@@ -185,8 +185,8 @@ def test_rtol_failure_exits_1(tool, tmp_path, monkeypatch):
     """A mismatch beyond --rtol ends the tool with status 1."""
     real = export.compare_with_onnxruntime
 
-    def off(module, inputs, path, threads=0):
-        rows = real(module, inputs, path, threads)
+    def off(module, inputs, path, threads=0, timings=None):
+        rows = real(module, inputs, path, threads, timings)
         return [dict(r, relative=1.0) for r in rows]
 
     monkeypatch.setattr(export, 'compare_with_onnxruntime', off)
