@@ -32,7 +32,7 @@ def test_model_index_covers_every_config_once():
     with open(model_index.MODEL_INDEX) as f:
         index = yaml.safe_load(f)
     metafiles = index['Import']
-    assert len(metafiles) == 3
+    assert len(metafiles) == 6
     assert all(osp.isfile(osp.join(REPO, m)) for m in metafiles)
     models = model_index.load_models()
     configs = [m.config for m in models]
@@ -48,7 +48,8 @@ def test_model_index_covers_every_config_once():
         conv = m.data['Converted From']
         assert 'drive.google.com' in conv['Weights']
         assert conv['Code'] == 'https://github.com/hhb072/STViT'
-        metrics = {k: v for r in m.results for k, v in r.metrics.items()}
+        # the peers' protocols (not in the paper) have no results yet
+        metrics = {k: v for r in m.results or [] for k, v in r.metrics.items()}
         if m.config in PAPER:
             assert metrics == PAPER[m.config], m.name
 
