@@ -57,6 +57,12 @@ def test_get_flops_protocol_of_the_new_families():
                    '| 251.0G | -0.4% |')
 
 
+def _flops_model(cfg):
+    """The model as get_flops builds it: no weights, SyncBN as BN, eval."""
+    from mmstvit.builder import build_model
+    return build_model(cfg, sync_bn_as_bn=True).eval()
+
+
 def test_get_flops_builds_the_cascade_without_syncbn():
     """The cascade's box heads use SyncBN, which cannot run outside a
     process group: get_flops counts them as BN (same FLOPs)."""
@@ -65,7 +71,7 @@ def test_get_flops_builds_the_cascade_without_syncbn():
     cfg = Config.fromfile(
         osp.join(ROOT, 'configs/cascade_mask_rcnn_stvit_s_3x.py'))
     assert cfg.model.roi_head.bbox_head[0].norm_cfg.type == 'SyncBN'
-    model = get_flops.build_model(cfg, 'mmdet')
+    model = _flops_model(cfg)
     norms = [m for m in model.roi_head.bbox_head.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(norms) == 3 * 4  # one per shared conv of each stage
@@ -83,7 +89,7 @@ def test_cascade_counted_with_masks_on_100_rois():
     cfg = Config.fromfile(
         osp.join(ROOT, 'configs/cascade_mask_rcnn_stvit_s_3x.py'))
     torch.manual_seed(0)
-    model = get_flops.build_model(cfg, 'mmdet')
+    model = _flops_model(cfg)
     head = model.roi_head
     feats = tuple(torch.randn(1, 256, 64 // 2**i, 64 // 2**i)
                   for i in range(5))
@@ -122,7 +128,7 @@ def test_rpn_proposals_padded_to_max_per_img():
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, 'configs/mask_rcnn_stvit_s_1x.py'))
     torch.manual_seed(0)
-    model = get_flops.build_model(cfg, 'mmdet')
+    model = _flops_model(cfg)
     x = torch.randn(1, 3, 128, 160)
     samples = [get_flops._data_sample('mmdet', (128, 160))]
     with torch.no_grad():
