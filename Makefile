@@ -1,8 +1,10 @@
 # mmstvit: the two commands of the README, and their parts.
 #   make demo   install what is missing, then train and evaluate on the embedded toy data
 #   make test   install what is missing, then run the tests
+#   make demo DEMO_ARGS="--num-train 8 --num-val 8"   (tools/demo.py --help)
 PYTHON ?= python3
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install demo test clean-demo
 
@@ -10,7 +12,7 @@ install:
 	PYTHON=$(PYTHON) bash tools/install.sh
 
 demo: install
-	$(PYTHON) tools/demo.py
+	$(PYTHON) tools/demo.py $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
