@@ -43,9 +43,9 @@ DETECTOR_REASON = (
     'code to ONNX branches that import mmdet.core.export, a module removed '
     'in mmdet 3.x; with those branches bypassed the graph exports (opset '
     "12, for mmcv's RoIAlign), but the RPN's NMS keeps other proposals in "
-    'onnxruntime than in PyTorch (100 vs 77 on one 320x320 input), so the '
-    "outputs do not match. mmdeploy's rewriters are the way to deploy the "
-    'whole detector. Export --part features (backbone + FPN) or --part '
+    'onnxruntime than in PyTorch (100 vs 77 on one 320x320 toy input), so '
+    "the outputs do not match. mmdeploy's rewriters are the way to deploy "
+    'the whole detector. Export --part features (backbone + FPN) or --part '
     'backbone instead.')
 
 PARTS = {

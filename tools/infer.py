@@ -83,7 +83,8 @@ def _fail(msg):
 
 @contextlib.contextmanager
 def logs_to(path):
-    """Warnings and mm log lines go to ``path`` instead of the console."""
+    """Warnings, mm log lines and the toolboxes' prints (mmengine prints
+    "Loads checkpoint by ...") go to ``path`` instead of the console."""
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     handler = logging.FileHandler(path, mode='w')
@@ -97,7 +98,9 @@ def logs_to(path):
     for h in consoles:
         h.setLevel(logging.ERROR)
     logger.addHandler(handler)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(handler.stream), \
+            contextlib.redirect_stderr(handler.stream):
         warnings.simplefilter('always')
         try:
             yield caught
