@@ -582,13 +582,13 @@ def check_datasets(cfg, task: str, splits=('train', 'val', 'test'),
     """Checks the data the config names, before anything is built: the data
     roots exist, COCO annotation files are COCO, label maps hold classes in
     range. Logs one line per file or folder checked; raises
-    :class:`mmstvit.datasets.checks.DataError` naming the config key and
+    :class:`mmstvit.data.checks.DataError` naming the config key and
     the fix."""
     import time
 
     from mmengine.logging import print_log
 
-    from mmstvit.datasets.checks import (check_coco_annotation,
+    from mmstvit.data.checks import (check_coco_annotation,
                                          check_data_root,
                                          check_seg_label_maps)
 
@@ -672,7 +672,7 @@ def stop_on_bad_data(cfg, task: str, splits, launcher=None) -> None:
             ``mpi``; by default ``cfg.launcher`` (set by the tools from
             ``--launcher``).
     """
-    from mmstvit.datasets.checks import DataError
+    from mmstvit.data.checks import DataError
     if launcher is None:
         launcher = cfg.get('launcher', 'none')
     if launcher_rank(launcher) != 0:

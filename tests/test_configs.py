@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmstvit  # noqa: F401
-from mmstvit.datasets.toy_data import generate_toy_data
+from mmstvit.data.toy_data import generate_toy_data
 from mmstvit.utils import convert_official_state_dict
 from mmstvit.utils.launch import detect_task, find_missing_pretrained
 

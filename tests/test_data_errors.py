@@ -11,8 +11,8 @@ import pytest
 from mmengine.config import Config
 from PIL import Image
 
-from mmstvit.datasets.checks import DataError
-from mmstvit.datasets.toy_data import generate_toy_data
+from mmstvit.data.checks import DataError
+from mmstvit.data.toy_data import generate_toy_data
 from mmstvit.utils.launch import check_datasets
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

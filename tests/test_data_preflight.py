@@ -172,7 +172,7 @@ def torchrun_train(cfg, work_dir, timeout=240):
 
 @pytest.fixture
 def tiny_det(tmp_path):
-    from mmstvit.datasets.toy_data import generate_toy_coco
+    from mmstvit.data.toy_data import generate_toy_coco
     data = tmp_path / 'toy_coco'
     generate_toy_coco(data, num_train=2, num_val=2)
     cfg = tmp_path / 'tiny_mask_rcnn_toy.py'
@@ -250,7 +250,7 @@ def test_benchmark_data_check_runs(tmp_path):
         seconds, peak, added = map(float, line[len(row):].split())
         assert seconds >= 0 and peak > 0 and added >= 0
     assert 'mmstvit / pycocotools:' in table
-    from mmstvit.datasets.checks import check_coco_annotation
+    from mmstvit.data.checks import check_coco_annotation
     info = check_coco_annotation(out)
     assert (info['num_images'], info['num_annotations'],
             info['num_categories']) == (30, 200, 80)

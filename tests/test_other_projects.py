@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mmstvit.datasets.toy_data import generate_toy_cls, generate_toy_data
+from mmstvit.data.toy_data import generate_toy_cls, generate_toy_data
 from mmstvit.utils.checkpoint import load_checkpoint_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

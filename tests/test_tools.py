@@ -737,7 +737,7 @@ def test_mmdet_test_show_dir_out_and_tta(tmp_path):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
-    from mmstvit.datasets.toy_data import generate_toy_coco
+    from mmstvit.data.toy_data import generate_toy_coco
     generate_toy_coco(tmp_path / 'toy_coco', num_train=1, num_val=2)
     cfg_file = tmp_path / 'tiny_mask_rcnn.py'
     cfg_file.write_text(
@@ -901,7 +901,7 @@ def test_tools_stop_on_bad_data(tmp_path):
     data root through train.py: tests/test_data_errors.py.)"""
     from PIL import Image
 
-    from mmstvit.datasets.toy_data import generate_toy_data
+    from mmstvit.data.toy_data import generate_toy_data
     generate_toy_data(root=str(tmp_path), num_train=1, num_val=1)
     coco = tmp_path / 'toy_coco'
     (coco / 'annotations' / 'instances_val.json').write_text(

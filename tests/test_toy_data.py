@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name):
-    path = ROOT / 'mmstvit' / 'datasets' / f'{name}.py'
+    path = ROOT / 'mmstvit' / 'data' / f'{name}.py'
     spec = importlib.util.spec_from_file_location(f'_mmstvit_{name}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -253,7 +253,7 @@ def main(argv=None):
     print('mmstvit demo: STViT-S Mask R-CNN and UperNet from random init on '
           f'the toy data (CPU); full logs under {work_root}/<task>/*.log',
           flush=True)
-    from mmstvit.datasets.toy_data import format_report, generate_toy_data
+    from mmstvit.data.toy_data import format_report, generate_toy_data
     sizes = {
         k: v
         for k, v in (('num_train', args.num_train), ('num_val', args.num_val))

@@ -6,7 +6,7 @@
         [--repeats 1] [--keep]
 
 tools/train.py and tools/test.py check a config's COCO annotation files
-(:func:`mmstvit.datasets.checks.check_coco_annotation`) before they build
+(:func:`mmstvit.data.checks.check_coco_annotation`) before they build
 the Runner, which then loads the same files with pycocotools. This script
 writes a COCO-shaped instances file (by default about half of train2017:
 59k images, 430k annotations, mostly polygons of ``--points`` points on
@@ -191,7 +191,7 @@ def child(method, path):
 
     from pycocotools.coco import COCO
 
-    from mmstvit.datasets.checks import check_coco_annotation
+    from mmstvit.data.checks import check_coco_annotation
 
     def run():
         if method == 'pycocotools':

@@ -12,12 +12,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-GENERATOR = (Path(__file__).resolve().parents[2] / 'mmstvit' / 'datasets' /
+GENERATOR = (Path(__file__).resolve().parents[2] / 'mmstvit' / 'data' /
              'toy_data.py')
 
 
 def load_generator():
-    """Imports ``mmstvit/datasets/toy_data.py`` without its package."""
+    """Imports ``mmstvit/data/toy_data.py`` without its package."""
     spec = importlib.util.spec_from_file_location('mmstvit_toy_data',
                                                   GENERATOR)
     module = importlib.util.module_from_spec(spec)

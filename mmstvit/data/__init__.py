@@ -2,7 +2,7 @@
 """Toy data generation and pre-training data checks (numpy + Pillow only).
 
 Names are loaded lazily (PEP 562) so that
-``python -m mmstvit.datasets.toy_data`` does not import ``toy_data`` twice
+``python -m mmstvit.data.toy_data`` does not import ``toy_data`` twice
 (which makes runpy warn) and so that importing this package stays cheap.
 """
 import importlib

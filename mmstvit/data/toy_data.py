@@ -53,7 +53,7 @@ parameters returns at once; otherwise the data are regenerated, and the only
 files ever deleted are ones a previous run listed as its own.
 
 Only numpy and Pillow are needed. Run ``python tools/misc/make_toy_data.py``
-or ``python -m mmstvit.datasets.toy_data``.
+or ``python -m mmstvit.data.toy_data``.
 """
 import argparse
 import colorsys
@@ -438,7 +438,7 @@ def _build(out_dir, params, files, writer):
     if (out_dir / MARKER).exists():
         (out_dir / MARKER).unlink()
     manifest = dict(
-        generator='mmstvit.datasets.toy_data',
+        generator='mmstvit.data.toy_data',
         version=GENERATOR_VERSION,
         params=params,
         files=files)
