@@ -656,6 +656,8 @@ def test_dist_train_cpu_then_resume_and_test(seg_case):
     log = open(next(work.glob('*/*.log'))).read()
     assert "backend='gloo'" in log or "'backend': 'gloo'" in log
     assert 'CPUDistributedDataParallel' in log
+    # the parameters are laid out as their gradients (tests/test_ddp.py)
+    assert 'Grad strides do not match bucket view strides' not in out
     if not torch.cuda.is_available():
         assert 'SyncBatchNorm only runs on accelerators' in out
     ckpt = load_checkpoint_file(work / 'iter_2.pth')

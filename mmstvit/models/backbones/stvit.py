@@ -515,6 +515,12 @@ class STViTStage(nn.Module):
 # ---------------------------------------------------------------------------
 
 
+def _keep_channels_last(module: nn.Module, incompatible_keys) -> None:
+    """Post-hook of ``load_state_dict``: with ``assign=True`` the file's
+    tensors replace the parameters; lay them out channels last again."""
+    kernels.store_channels_last(module)
+
+
 def _registry_decorator():
     """Registers into mmengine's root MODELS (children find it by parent)."""
     from mmengine.registry import MODELS
@@ -555,7 +561,11 @@ class STViT(BaseModule):
         with_cp (bool): Activation checkpointing per block. Defaults False.
         channels_last (bool): Run the network in channels-last memory
             format (faster convolutions on CPU and tensor cores); outputs
-            are returned NCHW-contiguous either way. Defaults to True.
+            are returned NCHW-contiguous either way. Its convolution weights are
+            then stored channels last too, as their gradients come, so
+            that DistributedDataParallel copies no gradient into its
+            buckets (:func:`~.kernels.store_channels_last`). Defaults to
+            True.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH, prefix=None)`` loads the authors' ImageNet file
@@ -667,6 +677,10 @@ class STViT(BaseModule):
                     dpr[start:start + depths[i]], with_cp=with_cp))
             start += depths[i]
         self._freeze_stages()
+        if channels_last:
+            kernels.store_channels_last(self)
+            # load_state_dict(assign=True) puts the file's tensors in place
+            self.register_load_state_dict_post_hook(_keep_channels_last)
 
     # -- construction helpers ---------------------------------------------
     @classmethod
