@@ -165,7 +165,7 @@ def test_benchmark_quick_run(tmp_path):
     out_json = tmp_path / 'bench.json'
     out = subprocess.run(
         [sys.executable, 'tools/analysis_tools/benchmark.py', '--quick',
-         '--models', 'stvit_s', 'resnet50', '--out', str(out_json)],
+         '--models', 'stvit_s', 'resnet50', '--ddp', '--out', str(out_json)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out_json.read_text())
@@ -177,8 +177,18 @@ def test_benchmark_quick_run(tmp_path):
             assert math.isfinite(inf['gflop_s']) and inf['gflop_s'] > 0
             assert r['flops'][key] > 0
         assert r['train']['seconds'] > 0 and r['train']['peak_mib'] > 0
+        assert r['train']['s_per_img'] == r['train']['seconds'] / 2
     assert abs(res['models']['stvit_s']['params_m'] - 23.94) < 0.01
-    assert '| stvit_s |' in out.stdout and '| resnet50 |' in out.stdout
+    assert '| stvit_s |' in out.stdout and '| resnet50 (mmdet) |' in out.stdout
+    assert 'interleaved rounds' in out.stdout  # the protocol is stated
+    # DDP: 2 processes against 1, the layout fix against the old layout
+    ddp = res['ddp']['rows']
+    assert ddp['one process']['efficiency'] is None
+    for name in ('ddp', 'ddp_before_fix'):
+        assert ddp[name]['seconds'] > 0 and ddp[name]['efficiency'] > 0
+    assert ddp['ddp']['grad_stride_warnings'] == 0
+    assert ddp['ddp_before_fix']['grad_stride_warnings'] >= 1
+    assert 'parallel efficiency' in out.stdout
 
 
 def test_benchmark_refuses_unknown_and_missing_official(tmp_path):

@@ -1,41 +1,67 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """Speed, memory and FLOPs of STViT backbones beside the usual peers.
 
-    python tools/analysis_tools/benchmark.py [--official PATH/TO/stvit.py]
-        [--models stvit_s swin_t ...] [--device cpu|cuda] [--threads N]
-        [--repeats 5] [--quick] [--out benchmark.json]
+    python tools/analysis_tools/benchmark.py [--models stvit_s swin_t ...]
+        [--device cpu|cuda] [--amp] [--threads N] [--rounds 5]
+        [--train-rounds 3] [--ddp] [--compile] [--official PATH/TO/stvit.py]
+        [--quick] [--out benchmark.json]
 
-For every model, in one process and the same conditions (fp32, eval mode,
-``torch.no_grad`` for inference):
+The protocol, and why
+---------------------
+Figures are compared between models, so every model is timed in **one
+process, warm, in interleaved rounds**: all the models of a setting are
+built, each runs ``--warmup`` times, then each round times every model in
+turn (``torch.utils.benchmark.Timer``, which sets the thread count and
+synchronises CUDA). The figure is the **median over rounds**, shown with the
+min-max range of the rounds. On a shared virtual machine the speed drifts by
+10-20% over minutes; interleaving spreads that drift over all models
+alike, and the median drops a round that another job disturbed. An earlier
+version timed each model's training step in a fresh child process, one model
+after another: those figures moved by more than the differences between
+models from one run to the next (STViT-S vs Swin-T: 12.42 vs 11.20 s there,
+7.08 vs 8.02 s in one process). Peak memory is the one thing measured in a
+fresh child process per model (its own step, not timed), so that allocator
+caches of other models do not leak in: on CPU the growth of the peak
+resident memory (VmHWM) during one step, on CUDA
+``torch.cuda.max_memory_allocated`` above what was allocated before it.
 
-* inference throughput (img/s) at 224x224, batch 8 and batch 64, and at
-  1280x800, batch 1 (STViT with the detection super token sizes (16,8,2,1);
-  (8,4,1,1) at 224, as the ImageNet models);
+Settings (fp32, or ``--amp`` for fp16 autocast on CUDA):
+
+* inference (eval mode, ``torch.no_grad``) at 224x224 batch 8 and 64, and at
+  1280x800 batch 1; STViT with the ImageNet super token sizes (8, 4, 1, 1) at
+  224 and the detection ones (16, 8, 2, 1) at 1280x800;
 * one training step (forward, ``sum(mean of every output)``, backward) at
-  1280x800, batch 2: its time and peak memory. On CUDA the peak is
-  ``torch.cuda.max_memory_allocated`` above what was allocated before the
-  step; on the CPU the step runs (and is timed) in a fresh child process and
-  the peak is its peak resident memory during the first step (VmHWM, reset
-  just before it) above its resident memory just before it, so allocator caches of other models
-  do not leak in, and a step that runs out of memory is reported as failed
-  instead of ending the run;
+  1280x800 batch 2: seconds per step and per image, and peak memory;
 * FLOPs (mmengine's FlopAnalyzer, one multiply-add = 1 FLOP) and the GFLOP/s
-  achieved at each inference setting.
+  achieved at each inference setting;
+* ``--ddp``: the training step of STViT-S under DistributedDataParallel with
+  2 processes (gloo on CPU, each with half the threads; nccl on 2 GPUs)
+  against one process with the same threads and per-process batch, in the
+  same interleaved rounds, and the same DDP run with the parameters laid out
+  as before the layout fix (contiguous), with the number of "Grad strides do
+  not match bucket view strides" warnings each raised. Parallel efficiency =
+  one process's step time / the DDP step time (1.0: the second process adds
+  its images at no cost);
+* ``--compile``: ``torch.compile`` (inductor) of STViT-S for inference at
+  224 batch 8 and for the training step: the compile time (the first call)
+  and the speed against eager, interleaved. Compiling takes minutes on a
+  small CPU; it is a benchmark, not a test.
 
-Each timing is ``--repeats`` runs after ``--warmup`` runs; the table shows the
-median and, in brackets, the min-max range. Peers come from the installed
-toolboxes: mmdet's SwinTransformer (T/S/B), mmpretrain's ConvNeXt-T and
-mmdet's ResNet-50. ``--official`` adds the authors' STViT-S (their
-models/stvit.py file from https://github.com/hhb072/STViT, not shipped here).
+Peers come from the installed toolboxes: mmdet's SwinTransformer (T/S/B),
+mmpretrain's ConvNeXt-T and mmdet's ResNet-50. ``--official`` adds the
+authors' STViT-S (their models/stvit.py from https://github.com/hhb072/STViT,
+not shipped here).
 """
 import argparse
 import json
 import multiprocessing as mp
 import os
 import platform
+import socket
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -54,6 +80,18 @@ SWIN = {
 }
 ALL_MODELS = ['stvit_s', 'stvit_b', 'stvit_l', 'official_stvit_s', 'swin_t',
               'swin_s', 'swin_b', 'convnext_t', 'resnet50']
+GRAD_STRIDE_WARNING = 'Grad strides do not match bucket view strides'
+
+
+def log(msg):
+    """Progress for the person watching (stderr, so stdout is the tables)."""
+    print(f'[benchmark {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr,
+          flush=True)
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
 
 
 class _OfficialBackbone(torch.nn.Module):
@@ -94,76 +132,116 @@ def build(name, stoken_size, official=None):
                    f'{", ".join(ALL_MODELS)}')
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+def stoken_for(name, stoken):
+    return stoken if 'stvit' in name else None
+
+
+# ---------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------
 
 
 def _outputs(out):
     return out if isinstance(out, (tuple, list)) else (out, )
 
 
-def time_runs(fn, device, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return times
+def autocast(device, amp):
+    return torch.autocast(device.type, dtype=torch.float16, enabled=amp)
 
 
-def summarise(times, batch):
-    ips = sorted(batch / t for t in times)
-    return dict(
-        img_s=statistics.median(ips), img_s_min=ips[0], img_s_max=ips[-1],
-        seconds=statistics.median(times), repeats=len(times))
-
-
-def count_flops(model, shape):
-    from mmengine.analysis import FlopAnalyzer
-    x = torch.randn(1, 3, *shape)
-    with torch.no_grad():
-        return float(FlopAnalyzer(model, (x, )).total())
-
-
-def inference(model, device, shape, batch, warmup, repeats):
-    x = torch.randn(batch, 3, *shape, device=device)
+def inference_fn(model, x, device, amp):
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp):
             model(x)
 
-    return summarise(time_runs(step, device, warmup, repeats), batch)
+    return step
 
 
-def train_step_fn(model, x):
+def train_step_fn(model, x, device=None, amp=False):
+    device = device or x.device
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss = sum(o.float().mean() for o in _outputs(model(x)))
+        with autocast(device, amp):
+            loss = sum(o.float().mean() for o in _outputs(model(x)))
         loss.backward()
 
     return step
 
 
-def _child_train(name, shape, batch, official, threads, repeats, queue):
-    """Runs in a fresh process: one training step's peak RSS growth, then
-    the step's time over ``repeats`` more runs."""
+def interleaved(fns, threads, warmup, rounds, number=1, label=''):
+    """Times every function of ``fns`` (name -> callable) in ``rounds``
+    interleaved rounds after ``warmup`` calls each; returns name -> the
+    list of per-round seconds per call (``torch.utils.benchmark.Timer``)."""
+    from torch.utils.benchmark import Timer
+    timers = {
+        name: Timer(stmt='fn()', globals=dict(fn=fn), num_threads=threads,
+                    label=label, description=name)
+        for name, fn in fns.items()
+    }
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(number).median)
+        if rounds > 1:
+            log(f'{label}: round {r + 1}/{rounds}')
+    return times
+
+
+def summary(times, batch):
+    ips = sorted(batch / t for t in times)
+    return dict(img_s=statistics.median(ips), img_s_min=ips[0],
+                img_s_max=ips[-1], seconds=statistics.median(times),
+                seconds_min=min(times), seconds_max=max(times),
+                rounds=len(times))
+
+
+def count_flops(model, shape, device):
+    from mmengine.analysis import FlopAnalyzer
+    from mmengine.logging import MMLogger
+    x = torch.randn(1, 3, *shape, device=device)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('ERROR')  # "unsupported operator" lists, per model
+    try:
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(model, (x, ))
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            return float(analyzer.total())
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------
+# peak memory: one training step in a fresh process
+# ---------------------------------------------------------------------------
+
+
+def _child_peak(name, device, shape, batch, official, threads, amp, queue):
     torch.set_num_threads(threads)
-    model = build(name, DET_STOKEN if 'stvit' in name else None, official)
+    device = torch.device(device)
+    model = build(name, stoken_for(name, DET_STOKEN), official).to(device)
     model.train()
-    x = torch.randn(batch, 3, *shape)
-    step = train_step_fn(model, x)
-    before = _rss_kib()
-    _reset_peak_rss()
-    step()  # also the warm-up
-    peak = _peak_rss_kib()
-    times = time_runs(step, torch.device('cpu'), 0, repeats)
-    queue.put(dict(peak_mib=max(peak - before, 0) / 1024., times=times))
+    x = torch.randn(batch, 3, *shape, device=device)
+    step = train_step_fn(model, x, device, amp)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        before = _rss_kib()
+        _reset_peak_rss()
+        step()
+        peak = max(_peak_rss_kib() - before, 0) / 1024.
+    queue.put(peak)
 
 
 def _reset_peak_rss():
@@ -186,44 +264,199 @@ def _rss_kib():
     return pages * os.sysconf('SC_PAGE_SIZE') / 1024.
 
 
-def train_step(name, device, shape, batch, official, threads, warmup,
-               repeats):
-    """``(times, peak MiB)`` of one training step (see the module doc)."""
-    if device.type == 'cuda':
-        model = build(name, DET_STOKEN if 'stvit' in name else None,
-                      official).to(device)
-        model.train()  # (not chained: mmdet's Swin.train returns None)
-        x = torch.randn(batch, 3, *shape, device=device)
-        step = train_step_fn(model, x)
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        return time_runs(step, device, max(warmup - 1, 0), repeats), peak
+def peak_memory(name, device, shape, batch, official, threads, amp):
+    """MiB one training step adds at its peak, in a fresh process; None if
+    that process fails (e.g. killed for want of memory: reported, not
+    fatal, so the other models are still measured)."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(
-        target=_child_train,
-        args=(name, shape, batch, official, threads, repeats, queue))
+    proc = ctx.Process(target=_child_peak,
+                       args=(name, str(device), shape, batch, official,
+                             threads, amp, queue))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
-        # e.g. -9: killed by the kernel for want of memory; reported, not
-        # fatal, so the other models are still measured
-        print(f'[benchmark] the training step of {name} failed (exit code '
-              f'{proc.exitcode}'
-              f'{": out of memory?" if proc.exitcode == -9 else ""})',
-              flush=True)
-        return None, None
+        log(f'the training step of {name} failed in its own process (exit '
+            f'code {proc.exitcode}'
+            f'{": out of memory?" if proc.exitcode == -9 else ""})')
+        return None
+    return queue.get()
+
+
+# ---------------------------------------------------------------------------
+# DDP: 2 processes against 1
+# ---------------------------------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
+                rounds, amp, queue):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    os.environ['MASTER_ADDR'] = '127.0.0.1'
+    os.environ['MASTER_PORT'] = str(port)
+    device = torch.device(device)
+    if device.type == 'cuda':
+        device = torch.device('cuda', rank)
+        torch.cuda.set_device(device)
+    torch.set_num_threads(threads)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                            rank=rank, world_size=world)
+    try:
+        import mmstvit  # noqa: F401
+        x = torch.randn(batch, 3, *shape, device=device)
+        torch.manual_seed(0)
+        single = build('stvit_s', DET_STOKEN).to(device).train()
+        torch.manual_seed(0)
+        fixed = build('stvit_s', DET_STOKEN).to(device).train()
+        torch.manual_seed(0)
+        before = build('stvit_s', DET_STOKEN).to(device).train()
+        from mmstvit.models.backbones import kernels
+        kernels.store_contiguous(before)  # the layout before the fix
+        counts = {}
+        steps = {}
+        for name, model in (('ddp', fixed), ('ddp_before_fix', before)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                wrapped = DDP(model)
+                step = train_step_fn(wrapped, x, device, amp)
+                step()  # the first step builds the buckets and may warn
+            counts[name] = sum(GRAD_STRIDE_WARNING in str(w.message)
+                               for w in caught)
+            steps[name] = step
+        single_step = train_step_fn(single, x, device, amp)
+
+        def sync():
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+
+        def timed(fn):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            return time.perf_counter() - t
+
+        times = {'one process': [], 'ddp': [], 'ddp_before_fix': []}
+        for r in range(warmup + rounds):
+            # one process alone (rank 0; rank 1 waits at the barrier)
+            dist.barrier()
+            t = timed(single_step) if rank == 0 else None
+            dist.barrier()
+            got = {'one process': t}
+            for name in ('ddp', 'ddp_before_fix'):
+                dist.barrier()
+                got[name] = timed(steps[name])
+            if r >= warmup and rank == 0:
+                for name, value in got.items():
+                    times[name].append(value)
+                log(f'ddp: round {r - warmup + 1}/{rounds}')
+        if rank == 0:
+            queue.put(dict(times=times, warnings=counts))
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_benchmark(device, shape, batch, threads, warmup, rounds, amp):
+    """The DDP comparison of the module doc, on 2 processes."""
+    if device.type == 'cuda' and torch.cuda.device_count() < 2:
+        log('--ddp on CUDA needs 2 GPUs; skipped')
+        return None
+    per_process = max(threads // 2, 1) if device.type == 'cpu' else threads
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_ddp_worker,
+                    args=(rank, 2, port, str(device), shape, batch,
+                          per_process, warmup, rounds, amp, queue))
+        for rank in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs):
+        log(f'the DDP run failed (exit codes '
+            f'{[p.exitcode for p in procs]})')
+        return None
     out = queue.get()
-    return out['times'], out['peak_mib']
+    res = dict(setting=f'{shape[1]}x{shape[0]} b{batch} per process',
+               threads_per_process=per_process, rows={})
+    single = statistics.median(out['times']['one process'])
+    for name, times in out['times'].items():
+        med = statistics.median(times)
+        res['rows'][name] = dict(
+            seconds=med, seconds_min=min(times), seconds_max=max(times),
+            processes=1 if name == 'one process' else 2,
+            img_s=(1 if name == 'one process' else 2) * batch / med,
+            efficiency=None if name == 'one process' else single / med,
+            grad_stride_warnings=out['warnings'].get(name))
+    return res
+
+
+# ---------------------------------------------------------------------------
+# torch.compile
+# ---------------------------------------------------------------------------
+
+
+def compile_benchmark(device, threads, warmup, rounds, amp, train_shape,
+                      train_batch, infer_shape=(224, 224), infer_batch=8):
+    """Eager against ``torch.compile`` for STViT-S: compile time and
+    speed, inference and training step, interleaved."""
+    res = {}
+    for kind in ('inference', 'train'):
+        torch.manual_seed(0)
+        if kind == 'inference':
+            model = build('stvit_s', CLS_STOKEN).to(device).eval()
+            x = torch.randn(infer_batch, 3, *infer_shape, device=device)
+            make = inference_fn
+            setting = f'{infer_shape[0]} b{infer_batch}'
+        else:
+            model = build('stvit_s', DET_STOKEN).to(device).train()
+            x = torch.randn(train_batch, 3, *train_shape, device=device)
+            make = train_step_fn
+            setting = f'{train_shape[1]}x{train_shape[0]} b{train_batch}'
+        compiled = torch.compile(model)
+        eager_fn = make(model, x, device, amp)
+        compiled_fn = make(compiled, x, device, amp)
+        log(f'compile: compiling STViT-S for {kind} ({setting}); this '
+            'takes minutes on a small CPU')
+        t = time.perf_counter()
+        compiled_fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        first = time.perf_counter() - t
+        times = interleaved(dict(eager=eager_fn, compiled=compiled_fn),
+                            threads, warmup, rounds,
+                            label=f'compile {kind}')
+        eager, comp = (statistics.median(times['eager']),
+                       statistics.median(times['compiled']))
+        res[kind] = dict(
+            setting=setting, eager_s=eager, compiled_s=comp,
+            eager_range=[min(times['eager']), max(times['eager'])],
+            compiled_range=[min(times['compiled']), max(times['compiled'])],
+            speedup=eager / comp, compile_s=max(first - comp, 0.),
+            first_call_s=first)
+        del compiled, compiled_fn
+        torch._dynamo.reset()
+    return res
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Throughput, training step and FLOPs of STViT vs peers')
+        description='Throughput, training step, memory and FLOPs of STViT '
+        'vs peers (one process, warm, interleaved rounds, medians)')
     parser.add_argument('--models', nargs='+', default=None,
                         help=f'subset of {ALL_MODELS} (default: all; '
                         'official_stvit_s only with --official)')
@@ -231,18 +464,43 @@ def parse_args(argv=None):
                         help="path to the authors' models/stvit.py")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu')
+    parser.add_argument('--amp', action='store_true',
+                        help='fp16 autocast (CUDA)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: all cores)')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--quick', action='store_true',
-                        help='small shapes and 1 repeat: checks the tool, '
-                        'not the speed')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed calls per model before the rounds')
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='interleaved rounds of the inference settings')
+    parser.add_argument('--train-rounds', type=int, default=3,
+                        help='interleaved rounds of the training step')
+    parser.add_argument('--repeats', type=int, default=None,
+                        help=argparse.SUPPRESS)  # the old name of --rounds
+    parser.add_argument('--no-infer', action='store_true',
+                        help='skip the inference settings')
     parser.add_argument('--no-train', action='store_true',
                         help='skip the 1280x800 training step')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory processes')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip the FLOP counts')
+    parser.add_argument('--ddp', action='store_true',
+                        help='also 2-process DDP against one process '
+                        '(STViT-S training step)')
+    parser.add_argument('--compile', action='store_true',
+                        help='also torch.compile against eager (STViT-S)')
+    parser.add_argument('--quick', action='store_true',
+                        help='small shapes and 1 round: checks the tool, '
+                        'not the speed')
     parser.add_argument('--out', default='benchmark.json',
                         help='JSON file for the results')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats is not None:
+        args.rounds = args.repeats
+    if args.amp and args.device == 'cpu':
+        parser.error('--amp is fp16 autocast on CUDA; on the CPU the '
+                     'benchmark runs fp32 (drop --amp)')
+    return args
 
 
 def settings(args):
@@ -251,18 +509,19 @@ def settings(args):
             infer=[('224_b8', (64, 64), 2, CLS_STOKEN),
                    ('224_b64', (64, 64), 4, CLS_STOKEN),
                    ('1280x800_b1', (96, 128), 1, DET_STOKEN)],
-            train=('1280x800_b2', (96, 128), 2), warmup=0, repeats=1)
+            train=('1280x800_b2', (96, 128), 2), warmup=0, rounds=1,
+            train_rounds=1)
     return dict(
         infer=[('224_b8', (224, 224), 8, CLS_STOKEN),
                ('224_b64', (224, 224), 64, CLS_STOKEN),
                ('1280x800_b1', (800, 1280), 1, DET_STOKEN)],
         train=('1280x800_b2', (800, 1280), 2), warmup=args.warmup,
-        repeats=args.repeats)
+        rounds=args.rounds, train_rounds=args.train_rounds)
 
 
 def run(args):
     import mmstvit  # noqa: F401
-    from mmstvit.utils.launch import quiet_third_party_warnings
+    from mmstvit.tool_support import quiet_third_party_warnings
     quiet_third_party_warnings()
     device = torch.device(args.device)
     if args.threads:
@@ -270,6 +529,10 @@ def run(args):
     threads = torch.get_num_threads()
     models = args.models or [m for m in ALL_MODELS
                              if m != 'official_stvit_s' or args.official]
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown:
+        raise SystemExit(f'benchmark: unknown model(s) {unknown}; choose '
+                         f'from {", ".join(ALL_MODELS)}')
     if 'official_stvit_s' in models and not args.official:
         raise SystemExit('benchmark: official_stvit_s needs --official '
                          'PATH/TO/models/stvit.py (github.com/hhb072/STViT)')
@@ -285,78 +548,172 @@ def run(args):
             cpu_count=os.cpu_count(), threads=threads,
             torch=torch.__version__, python=platform.python_version()),
         settings=dict(
-            warmup=st['warmup'], repeats=st['repeats'], quick=args.quick,
-            dtype='float32'),
-        models={})
+            protocol='one process, warm, interleaved rounds, median '
+            '(torch.utils.benchmark.Timer); peak memory in a fresh process '
+            'per model',
+            warmup=st['warmup'], rounds=st['rounds'],
+            train_rounds=st['train_rounds'], quick=args.quick,
+            dtype='float16 autocast' if args.amp else 'float32'),
+        models={name: dict(inference={}, flops={}) for name in models})
     for name in models:
-        is_stvit = 'stvit' in name
-        res = dict(inference={}, flops={})
-        print(f'[benchmark] {name}', flush=True)
+        model = build(name, stoken_for(name, CLS_STOKEN), args.official)
+        results['models'][name]['params_m'] = sum(
+            p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    if not args.no_infer:
         for key, shape, batch, stoken in st['infer']:
-            model = build(name, stoken if is_stvit else None, args.official)
+            log(f'inference {key}: {len(models)} models')
+            built = {}
+            fns = {}
+            for name in models:
+                model = build(name, stoken_for(name, stoken), args.official)
+                model.to(device).eval()
+                built[name] = model
+                x = torch.randn(batch, 3, *shape, device=device)
+                fns[name] = inference_fn(model, x, device, args.amp)
+            times = interleaved(fns, threads, st['warmup'], st['rounds'],
+                                label=f'inference {key}')
+            for name in models:
+                r = summary(times[name], batch)
+                if not args.no_flops:
+                    flops = count_flops(built[name], shape, device)
+                    r['gflops_per_img'] = flops / 1e9
+                    r['gflop_s'] = flops * r['img_s'] / 1e9
+                    results['models'][name]['flops'][key] = flops
+                results['models'][name]['inference'][key] = r
+            del built, fns
+    if not args.no_train:
+        key, shape, batch = st['train']
+        log(f'training step {key}: {len(models)} models')
+        fns = {}
+        for name in models:
+            model = build(name, stoken_for(name, DET_STOKEN), args.official)
             model.to(device)
-            model.eval()
-            r = inference(model, device, shape, batch, st['warmup'],
-                          st['repeats'])
-            flops = count_flops(model, shape)
-            r['gflops_per_img'] = flops / 1e9
-            r['gflop_s'] = flops * r['img_s'] / 1e9
-            res['inference'][key] = r
-            res['flops'][key] = flops
-        if not args.no_train:
-            key, shape, batch = st['train']
-            times, peak = train_step(name, device, shape, batch,
-                                     args.official, threads, st['warmup'],
-                                     max(st['repeats'] // 2, 1))
-            res['train'] = dict(
-                setting=key, peak_mib=peak,
-                seconds=statistics.median(times) if times else None,
-                seconds_min=min(times) if times else None,
-                seconds_max=max(times) if times else None)
-        res['params_m'] = sum(p.numel() for p in model.parameters()
-                              if p.requires_grad) / 1e6
-        results['models'][name] = res
+            model.train()  # (not chained: mmdet's Swin.train returns None)
+            x = torch.randn(batch, 3, *shape, device=device)
+            fns[name] = train_step_fn(model, x, device, args.amp)
+        times = interleaved(fns, threads, max(st['warmup'], 1),
+                            st['train_rounds'], label=f'train {key}')
+        del fns
+        for name in models:
+            r = summary(times[name], batch)
+            results['models'][name]['train'] = dict(
+                setting=key, seconds=r['seconds'],
+                seconds_min=r['seconds_min'], seconds_max=r['seconds_max'],
+                s_per_img=r['seconds'] / batch, peak_mib=None)
+        if not args.no_memory:
+            for name in models:
+                log(f'peak memory of one training step: {name}')
+                results['models'][name]['train']['peak_mib'] = peak_memory(
+                    name, device, shape, batch, args.official, threads,
+                    args.amp)
+    if args.ddp:
+        key, shape, batch = st['train']
+        log('ddp: STViT-S, 2 processes against 1')
+        results['ddp'] = ddp_benchmark(device, shape, batch, threads,
+                                       max(st['warmup'], 1),
+                                       st['train_rounds'], args.amp)
+    if args.compile:
+        key, shape, batch = st['train']
+        ishape, ibatch = st['infer'][0][1:3]
+        results['compile'] = compile_benchmark(
+            device, threads, max(st['warmup'], 1), st['train_rounds'],
+            args.amp, shape, batch, ishape, ibatch)
     return results
 
 
+# ---------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------
+
+LABELS = {'official_stvit_s': "official_stvit_s (authors' code)",
+          'swin_t': 'swin_t (mmdet)', 'swin_s': 'swin_s (mmdet)',
+          'swin_b': 'swin_b (mmdet)', 'convnext_t': 'convnext_t (mmpretrain)',
+          'resnet50': 'resnet50 (mmdet)'}
+
+
+def _range(v, fmt='{:.2f}'):
+    return (fmt.format(v['img_s']) + ' (' + fmt.format(v['img_s_min']) +
+            '-' + fmt.format(v['img_s_max']) + ')')
+
+
 def table(results):
-    rows = ['| model | params | GFLOPs 224 | img/s 224 b8 | img/s 224 b64 | '
-            'img/s 1280x800 b1 | GFLOP/s 224 b8 | train step 1280x800 b2 | '
-            'train peak MiB |', '|' + '---|' * 9]
-    for name, r in results['models'].items():
-        inf = r['inference']
-
-        def ips(key):
-            v = inf[key]
-            return f"{v['img_s']:.2f} ({v['img_s_min']:.2f}-{v['img_s_max']:.2f})"
-
-        tr = r.get('train')
-        rows.append(
-            f"| {name} | {r['params_m']:.2f}M | "
-            f"{inf['224_b8']['gflops_per_img']:.2f} | {ips('224_b8')} | "
-            f"{ips('224_b64')} | {ips('1280x800_b1')} | "
-            f"{inf['224_b8']['gflop_s']:.1f} | "
-            + (f"{tr['seconds']:.2f} s | {tr['peak_mib']:.0f} |"
-               if tr and tr['peak_mib'] is not None else
-               'failed (out of memory?) | - |' if tr else '- | - |'))
+    rows = []
     m = results['machine']
-    rows.append('')
-    rows.append(f"{m['device']} ({m['name']}, {m['threads']} threads), torch "
-                f"{m['torch']}, fp32, median of {results['settings']['repeats']}"
-                ' runs (min-max)')
-    ours, theirs = (results['models'].get('stvit_s'),
-                    results['models'].get('official_stvit_s'))
-    if ours and theirs:
-        rows.append('STViT-S (mmstvit) / STViT-S (authors) at 224 b8: '
-                    f"{ours['inference']['224_b8']['img_s'] / theirs['inference']['224_b8']['img_s']:.2f}x")
-    swin = results['models'].get('swin_t')
-    if ours and swin:
-        rows.append('STViT-S / Swin-T at 224 b8: '
-                    f"{ours['inference']['224_b8']['img_s'] / swin['inference']['224_b8']['img_s']:.2f}x")
-        if ours.get('train', {}).get('peak_mib') and \
-                swin.get('train', {}).get('peak_mib'):
-            rows.append('train peak memory STViT-S / Swin-T at 1280x800 b2: '
-                        f"{ours['train']['peak_mib'] / swin['train']['peak_mib']:.2f}")
+    s = results['settings']
+    models = results['models']
+    have_infer = any(r['inference'] for r in models.values())
+    if have_infer:
+        rows += ['| model | params | GFLOPs 224 | img/s 224 b8 | img/s 224 b64 '
+                 '| img/s 1280x800 b1 | GFLOP/s 224 b8 |', '|' + '---|' * 7]
+        for name, r in models.items():
+            inf = r['inference']
+            gf = inf['224_b8'].get('gflops_per_img')
+            rate = inf['224_b8'].get('gflop_s')
+            rows.append(
+                f"| {LABELS.get(name, name)} | {r['params_m']:.2f}M | "
+                f"{'-' if gf is None else f'{gf:.2f}'} | "
+                f"{_range(inf['224_b8'])} | {_range(inf['224_b64'])} | "
+                f"{_range(inf['1280x800_b1'])} | "
+                f"{'-' if rate is None else f'{rate:.1f}'} |")
+        rows.append('')
+    if any('train' in r for r in models.values()):
+        rows += ['| model | train step 1280x800 b2 | s / image | '
+                 'train peak MiB |', '|' + '---|' * 4]
+        for name, r in models.items():
+            tr = r['train']
+            peak = tr['peak_mib']
+            rows.append(
+                f"| {LABELS.get(name, name)} | {tr['seconds']:.2f} s "
+                f"({tr['seconds_min']:.2f}-{tr['seconds_max']:.2f}) | "
+                f"{tr['s_per_img']:.2f} | "
+                f"{'-' if peak is None else f'{peak:.0f}'} |")
+        rows.append('')
+    rows.append(
+        f"{m['device']} ({m['name']}, {m['threads']} threads), torch "
+        f"{m['torch']}, {s['dtype']}; {s['protocol']}: "
+        f"{s['rounds']} inference rounds, {s['train_rounds']} training "
+        'rounds (min-max of the rounds in brackets)')
+    ours = models.get('stvit_s')
+    for other, label in (('official_stvit_s', 'STViT-S (authors)'),
+                         ('swin_t', 'Swin-T')):
+        theirs = models.get(other)
+        if not (ours and theirs):
+            continue
+        if ours['inference'] and theirs['inference']:
+            rows.append(
+                f'STViT-S / {label} img/s at 224 b8: '
+                f"{ours['inference']['224_b8']['img_s'] / theirs['inference']['224_b8']['img_s']:.2f}x")
+        if 'train' in ours and 'train' in theirs:
+            rows.append(
+                f'STViT-S / {label} training step time at 1280x800 b2: '
+                f"{ours['train']['seconds'] / theirs['train']['seconds']:.2f}")
+    ddp = results.get('ddp')
+    if ddp:
+        rows += ['', f"DDP, STViT-S training step at {ddp['setting']}, "
+                 f"{ddp['threads_per_process']} thread(s) per process:", '',
+                 '| run | processes | step s | img/s | parallel efficiency '
+                 '| grad-stride warnings |', '|' + '---|' * 6]
+        names = {'one process': 'one process (no DDP)',
+                 'ddp': 'DDP, parameters channels last (now)',
+                 'ddp_before_fix': 'DDP, parameters contiguous (before)'}
+        for name, r in ddp['rows'].items():
+            eff = r['efficiency']
+            warn = r['grad_stride_warnings']
+            rows.append(
+                f"| {names[name]} | {r['processes']} | {r['seconds']:.2f} "
+                f"({r['seconds_min']:.2f}-{r['seconds_max']:.2f}) | "
+                f"{r['img_s']:.2f} | {'-' if eff is None else f'{eff:.2f}'} "
+                f"| {'-' if warn is None else warn} |")
+    comp = results.get('compile')
+    if comp:
+        rows += ['', 'torch.compile (inductor) of STViT-S against eager:', '',
+                 '| | setting | eager s | compiled s | speed-up | compile s |',
+                 '|' + '---|' * 6]
+        for kind, r in comp.items():
+            rows.append(
+                f"| {kind} | {r['setting']} | {r['eager_s']:.3f} | "
+                f"{r['compiled_s']:.3f} | {r['speedup']:.2f}x | "
+                f"{r['compile_s']:.0f} |")
     return '\n'.join(rows)
 
 
