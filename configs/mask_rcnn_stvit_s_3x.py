@@ -1,55 +1,9 @@
 # Mask R-CNN + FPN with STViT-S, COCO, 3x (36 epochs) with Swin's multi-scale
-# + crop training. Paper: box AP 49.2, mask AP 44.2.
-_base_ = './mask_rcnn_stvit_s_1x.py'
-
-# augmentation as mmdet's mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomChoice',
-        transforms=[[
-            dict(
-                type='RandomChoiceResize',
-                scales=[(480, 1333), (512, 1333), (544, 1333), (576, 1333),
-                        (608, 1333), (640, 1333), (672, 1333), (704, 1333),
-                        (736, 1333), (768, 1333), (800, 1333)],
-                keep_ratio=True)
-        ],
-                    [
-                        dict(
-                            type='RandomChoiceResize',
-                            scales=[(400, 1333), (500, 1333), (600, 1333)],
-                            keep_ratio=True),
-                        dict(
-                            type='RandomCrop',
-                            crop_type='absolute_range',
-                            crop_size=(384, 600),
-                            allow_negative_crop=True),
-                        dict(
-                            type='RandomChoiceResize',
-                            scales=[(480, 1333), (512, 1333), (544, 1333),
-                                    (576, 1333), (608, 1333), (640, 1333),
-                                    (672, 1333), (704, 1333), (736, 1333),
-                                    (768, 1333), (800, 1333)],
-                            keep_ratio=True)
-                    ]]),
-    dict(type='PackDetInputs')
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-
-max_epochs = 36
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[27, 33],
-        gamma=0.1)
+# + crop training (_base_/datasets/coco_instance_ms_crop.py). Paper: box AP
+# 49.2, mask AP 44.2.
+_base_ = [
+    './_base_/models/mask_rcnn_stvit_s.py',
+    './_base_/datasets/coco_instance_ms_crop.py',
+    './_base_/schedules/det_adamw_3x.py',
+    'mmdet::_base_/default_runtime.py',
 ]

@@ -197,3 +197,12 @@ def test_benchmark_refuses_unknown_and_missing_official(tmp_path):
          '--models', 'official_stvit_s', '--out', str(tmp_path / 'b.json')],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and 'needs --official' in out.stderr
+
+
+def test_compare_checkouts_refuses_a_folder_that_is_no_checkout(tmp_path):
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis_tools/compare_checkouts.py',
+         str(tmp_path), ROOT],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert f'{tmp_path} (before) is not a checkout of mmstvit' in out.stderr

@@ -1,15 +1,13 @@
 # The demo: Mask R-CNN STViT-S (configs/mask_rcnn_stvit_s_1x.py) trained from
 # random init on the embedded toy set (data/toy_coco, written by
 # `python tools/misc/make_toy_data.py` or tools/demo.py) on a CPU.
-# Only data, image scale and schedule differ from the real config.
-_base_ = ['../mask_rcnn_stvit_s_1x.py']
-
-data_root = 'data/toy_coco/'
-metainfo = dict(
-    classes=('circle', 'rectangle', 'triangle'),
-    palette=[(220, 20, 60), (0, 170, 70), (30, 90, 230)])
-max_iters = 160
-img_scale = (320, 320)
+# Only data, image scale and schedule differ from the real config: the same
+# model base, with the toy data and schedule in configs/toy/_base_/.
+_base_ = [
+    '../_base_/models/mask_rcnn_stvit_s.py',
+    './_base_/toy_coco.py',
+    './_base_/toy_schedule.py',
+]
 
 model = dict(
     # no ImageNet weights on a laptop: random init
@@ -22,64 +20,3 @@ model = dict(
         rpn_proposal=dict(nms_pre=1000, max_per_img=300),
         rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100)))
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor'))
-]
-train_dataloader = dict(
-    batch_size=2,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    batch_sampler=None,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val.json',
-        data_prefix=dict(img='val/'),
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
-
-train_cfg = dict(
-    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
-    val_interval=max_iters)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(
-        type='CosineAnnealingLR',
-        T_max=max_iters - 50,
-        eta_min=1e-5,
-        by_epoch=False,
-        begin=50,
-        end=max_iters)
-]
-optim_wrapper = dict(optimizer=dict(lr=4e-4))
-default_hooks = dict(
-    logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
-log_processor = dict(by_epoch=False)

@@ -1,0 +1,119 @@
+# Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
+"""STViT-S speed of two checkouts of mmstvit, before and after a change.
+
+    git worktree add /tmp/before <commit>
+    python tools/analysis_tools/compare_checkouts.py /tmp/before . [--rounds 4]
+
+Each round starts one fresh process per checkout, alternating, and each
+process imports ``mmstvit`` from its own checkout, builds STViT-S and times:
+inference at 224x224 batch 8 (super tokens (8, 4, 1, 1)) and at 1280x800
+batch 1 ((16, 8, 2, 1)), median of 5 runs, and the training step at
+1280x800 batch 2 (forward, sum of the output means, backward), median of 3.
+The table gives the median over rounds and the change in per cent. Fresh
+processes per round and interleaving keep drift of a shared machine out of
+the comparison; to compare models instead, use benchmark.py.
+"""
+import argparse
+import json
+import os.path as osp
+import statistics
+import subprocess
+import sys
+
+CHILD = r'''
+import json, statistics, sys, time, warnings
+sys.path.insert(0, sys.argv[1])
+warnings.filterwarnings('ignore')
+import torch
+from mmstvit import STViT
+
+
+def median_time(fn, n):
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+torch.manual_seed(0)
+out = {}
+for key, stoken, shape in (('infer_224_b8', (8, 4, 1, 1), (8, 3, 224, 224)),
+                           ('infer_1280x800_b1', (16, 8, 2, 1),
+                            (1, 3, 800, 1280))):
+    model = STViT(arch='s', stoken_size=stoken, drop_path_rate=0.).eval()
+    x = torch.randn(*shape)
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+
+    out[key] = median_time(infer, 5)
+model = STViT(arch='s', stoken_size=(16, 8, 2, 1), drop_path_rate=0.).train()
+x = torch.randn(2, 3, 800, 1280)
+
+
+def step():
+    model.zero_grad(set_to_none=True)
+    sum(o.mean() for o in model(x)).backward()
+
+
+out['train_1280x800_b2'] = median_time(step, 3)
+print(json.dumps(out))
+'''
+
+
+def measure(checkout):
+    proc = subprocess.run([sys.executable, '-c', CHILD, checkout],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f'compare_checkouts: the run in {checkout} failed:\n'
+                         f'{proc.stderr[-2000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='STViT-S speed of two mmstvit checkouts (fresh '
+        'processes, interleaved rounds, medians)')
+    parser.add_argument('before')
+    parser.add_argument('after')
+    parser.add_argument('--rounds', type=int, default=4)
+    parser.add_argument('--out', default=None, help='JSON of every round')
+    args = parser.parse_args(argv)
+    checkouts = {'before': osp.abspath(args.before),
+                 'after': osp.abspath(args.after)}
+    for name, path in checkouts.items():
+        if not osp.isfile(osp.join(path, 'mmstvit', '__init__.py')):
+            raise SystemExit(f'compare_checkouts: {path} ({name}) is not a '
+                             'checkout of mmstvit (no mmstvit/__init__.py)')
+    runs = {name: [] for name in checkouts}
+    for r in range(args.rounds):
+        for name, path in checkouts.items():
+            runs[name].append(measure(path))
+            print(f'[compare] round {r + 1}/{args.rounds}: {name} done',
+                  file=sys.stderr, flush=True)
+    keys = list(runs['before'][0])
+    med = {name: {k: statistics.median(run[k] for run in rs) for k in keys}
+           for name, rs in runs.items()}
+    print('| | ' + ' | '.join(f'{k} (s)' for k in keys) + ' |')
+    print('|---|' + '---|' * len(keys))
+    for name in checkouts:
+        print(f'| {name} ({checkouts[name]}) | ' +
+              ' | '.join(f'{med[name][k]:.3f}' for k in keys) + ' |')
+    print('| change | ' + ' | '.join(
+        f"{100 * (med['after'][k] / med['before'][k] - 1):+.1f}%"
+        for k in keys) + ' |')
+    print(f'medians of {args.rounds} interleaved rounds, one fresh process '
+          'per checkout and round')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(checkouts=checkouts, runs=runs, medians=med), f,
+                      indent=2)
+    return med
+
+
+if __name__ == '__main__':
+    main()
