@@ -309,9 +309,9 @@ def store_channels_last(module: nn.Module) -> int:
     :func:`channels_last_strides` gives, and every 4-D parameter's gradient
     handed over in its parameter's layout (:class:`GradLikeParameter`; not
     on frozen parameters, which get no gradient); returns how many weights
-    were re-laid. Values are unchanged, and so are
-    the parameters' identities (``param.data`` is replaced), so optimizers
-    and hooks that already hold them keep working.
+    were re-laid. Values are unchanged, and so are the parameters'
+    identities (``param.data`` is replaced), so optimizers and hooks that
+    already hold them keep working.
 
     Why: DDP builds its gradient buckets with the strides of the
     parameters, and when a gradient's strides differ, even only in size-1
@@ -342,10 +342,10 @@ def store_channels_last(module: nn.Module) -> int:
                 if p.grad is not None:
                     p.grad = relayout(p.grad, strides)
                 changed += 1
-        if p.requires_grad and \
-                not hasattr(p, '_mmstvit_grad_layout'):
+        if p.requires_grad and not getattr(p, '_mmstvit_grad_hook', False):
             p.register_hook(GradLikeParameter(p))
-        p._mmstvit_grad_layout = True
+            p._mmstvit_grad_hook = True
+        p._mmstvit_grad_layout = True  # the hook's switch (store_contiguous)
     return changed
 
 
@@ -354,10 +354,12 @@ def store_contiguous(module: nn.Module) -> None:
     benchmark, the tests): every parameter with plain contiguous strides and
     its gradient as autograd hands it (the hooks turned off)."""
     for p in module.parameters():
+        strides = [1] * p.dim()
+        for d in range(p.dim() - 2, -1, -1):
+            strides[d] = strides[d + 1] * p.shape[d + 1]
         with torch.no_grad():
-            p.data = relayout(p.detach(), torch.empty(p.shape).stride())
-        if hasattr(p, '_mmstvit_grad_layout'):
-            p._mmstvit_grad_layout = False
+            p.data = relayout(p.detach(), tuple(strides))
+        p._mmstvit_grad_layout = False
 
 
 # ---------------------------------------------------------------------------
