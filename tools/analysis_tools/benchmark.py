@@ -10,9 +10,10 @@ The protocol, and why
 ---------------------
 Figures are compared between models, so every model is timed in **one
 process, warm, in interleaved rounds**: all the models of a setting are
-built, each runs ``--warmup`` times, then each round times every model in
-turn (``torch.utils.benchmark.Timer``, which sets the thread count and
-synchronises CUDA). The figure is the **median over rounds**, shown with the
+built, each runs ``--warmup`` times, then each round times one call of every
+model in turn (CUDA synchronised around it; not ``torch.utils.benchmark``,
+whose ``timeit`` adds two warm-up calls to every measurement: see
+:func:`interleaved`). The figure is the **median over rounds**, shown with the
 min-max range of the rounds. On a shared virtual machine the speed drifts by
 10-20% over minutes; interleaving spreads that drift over all models
 alike, and the median drops a round that another job disturbed. An earlier
@@ -170,23 +171,35 @@ def train_step_fn(model, x, device=None, amp=False):
     return step
 
 
-def interleaved(fns, threads, warmup, rounds, number=1, label=''):
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns, device, warmup, rounds, label=''):
     """Times every function of ``fns`` (name -> callable) in ``rounds``
     interleaved rounds after ``warmup`` calls each; returns name -> the
-    list of per-round seconds per call (``torch.utils.benchmark.Timer``)."""
-    from torch.utils.benchmark import Timer
-    timers = {
-        name: Timer(stmt='fn()', globals=dict(fn=fn), num_threads=threads,
-                    label=label, description=name)
-        for name, fn in fns.items()
-    }
+    list of per-round seconds (one call per model and round).
+
+    Not ``torch.utils.benchmark.Timer``: its ``timeit`` runs two warm-up
+    calls before every measurement, which triples the cost of a round of
+    multi-second training steps, and its ``blocked_autorange`` repeats a
+    call until a minimum time has passed, which does not interleave. The
+    loop below does what remains of it: the thread count is set once for
+    the process, CUDA is synchronised around each call.
+    """
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
+    _sync(device)
     times = {name: [] for name in fns}
     for r in range(rounds):
-        for name, timer in timers.items():
-            times[name].append(timer.timeit(number).median)
+        for name, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
         if rounds > 1:
             log(f'{label}: round {r + 1}/{rounds}')
     return times
@@ -433,7 +446,7 @@ def compile_benchmark(device, threads, warmup, rounds, amp, train_shape,
             torch.cuda.synchronize(device)
         first = time.perf_counter() - t
         times = interleaved(dict(eager=eager_fn, compiled=compiled_fn),
-                            threads, warmup, rounds,
+                            device, warmup, rounds,
                             label=f'compile {kind}')
         eager, comp = (statistics.median(times['eager']),
                        statistics.median(times['compiled']))
@@ -549,7 +562,7 @@ def run(args):
             torch=torch.__version__, python=platform.python_version()),
         settings=dict(
             protocol='one process, warm, interleaved rounds, median '
-            '(torch.utils.benchmark.Timer); peak memory in a fresh process '
+            '(one call per model and round); peak memory in a fresh process '
             'per model',
             warmup=st['warmup'], rounds=st['rounds'],
             train_rounds=st['train_rounds'], quick=args.quick,
@@ -570,7 +583,7 @@ def run(args):
                 built[name] = model
                 x = torch.randn(batch, 3, *shape, device=device)
                 fns[name] = inference_fn(model, x, device, args.amp)
-            times = interleaved(fns, threads, st['warmup'], st['rounds'],
+            times = interleaved(fns, device, st['warmup'], st['rounds'],
                                 label=f'inference {key}')
             for name in models:
                 r = summary(times[name], batch)
@@ -591,7 +604,7 @@ def run(args):
             model.train()  # (not chained: mmdet's Swin.train returns None)
             x = torch.randn(batch, 3, *shape, device=device)
             fns[name] = train_step_fn(model, x, device, args.amp)
-        times = interleaved(fns, threads, max(st['warmup'], 1),
+        times = interleaved(fns, device, max(st['warmup'], 1),
                             st['train_rounds'], label=f'train {key}')
         del fns
         for name in models:
