@@ -466,6 +466,31 @@ def compile_benchmark(device, threads, warmup, rounds, amp, train_shape,
 # ---------------------------------------------------------------------------
 
 
+def release_memory():
+    """Frees what the models of a finished setting held and hands glibc's
+    free heap back to the system, so the next setting (and the children
+    spawned for peak memory) start from a small process."""
+    import ctypes
+    import gc
+    gc.collect()
+    if device_is_cuda():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def device_is_cuda():
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def save(results, path):
+    """Writes the results so far (a long run that stops keeps them)."""
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=2)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Throughput, training step, memory and FLOPs of STViT '
@@ -594,8 +619,18 @@ def run(args):
                     results['models'][name]['flops'][key] = flops
                 results['models'][name]['inference'][key] = r
             del built, fns
+            release_memory()
+            save(results, args.out)
     if not args.no_train:
         key, shape, batch = st['train']
+        # peak memory first, while this process holds no training models:
+        # each child needs up to 10 GB at 1280x800 batch 2
+        peaks = {}
+        if not args.no_memory:
+            for name in models:
+                log(f'peak memory of one training step: {name}')
+                peaks[name] = peak_memory(name, device, shape, batch,
+                                          args.official, threads, args.amp)
         log(f'training step {key}: {len(models)} models')
         fns = {}
         for name in models:
@@ -606,25 +641,22 @@ def run(args):
             fns[name] = train_step_fn(model, x, device, args.amp)
         times = interleaved(fns, device, max(st['warmup'], 1),
                             st['train_rounds'], label=f'train {key}')
-        del fns
+        del fns, model, x
+        release_memory()
         for name in models:
             r = summary(times[name], batch)
             results['models'][name]['train'] = dict(
                 setting=key, seconds=r['seconds'],
                 seconds_min=r['seconds_min'], seconds_max=r['seconds_max'],
-                s_per_img=r['seconds'] / batch, peak_mib=None)
-        if not args.no_memory:
-            for name in models:
-                log(f'peak memory of one training step: {name}')
-                results['models'][name]['train']['peak_mib'] = peak_memory(
-                    name, device, shape, batch, args.official, threads,
-                    args.amp)
+                s_per_img=r['seconds'] / batch, peak_mib=peaks.get(name))
+        save(results, args.out)
     if args.ddp:
         key, shape, batch = st['train']
         log('ddp: STViT-S, 2 processes against 1')
         results['ddp'] = ddp_benchmark(device, shape, batch, threads,
                                        max(st['warmup'], 1),
                                        st['train_rounds'], args.amp)
+        save(results, args.out)
     if args.compile:
         key, shape, batch = st['train']
         ishape, ibatch = st['infer'][0][1:3]
