@@ -45,8 +45,11 @@ Settings (fp32, or ``--amp`` for fp16 autocast on CUDA):
   its images at no cost);
 * ``--compile``: ``torch.compile`` (inductor) of STViT-S for inference at
   224 batch 8 and for the training step: the compile time (the first call)
-  and the speed against eager, interleaved. Compiling takes minutes on a
-  small CPU; it is a benchmark, not a test.
+  and the speed against eager, interleaved. It is a benchmark, not a test:
+  on a 2-core CPU, inductor's code generation for STViT-S inference had not
+  finished after 20 minutes (py-spy showed it deep in nested masked loads,
+  the padded 3x3 super-token gathers fused into one kernel); use more cores
+  or a GPU.
 
 Peers come from the installed toolboxes: mmdet's SwinTransformer (T/S/B),
 mmpretrain's ConvNeXt-T and mmdet's ResNet-50. ``--official`` adds the
