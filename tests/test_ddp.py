@@ -2,12 +2,11 @@
 """STViT under DistributedDataParallel (2 CPU processes, gloo): the
 gradients equal one process's, and DDP copies none of them into its buckets
 (no "Grad strides do not match bucket view strides" warning), because the
-convolution weights are stored as their channels-last gradients come and
-layer scale folded into a projection lays its gradients out as the
-parameters (with and without stochastic depth, which takes the other
-residual path). The
-control run, with the parameters laid out as before the fix, raises the
-warning, so the check can fail."""
+convolution weights are stored as their channels-last gradients come and a
+hook hands every other gradient over in its parameter's layout (with and
+without stochastic depth, which takes the other residual path). The control
+run, with the parameters laid out as before the fix, raises the warning, so
+the check can fail."""
 import os.path as osp
 import socket
 import subprocess

@@ -179,6 +179,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def timed(fn, device):
+    """Seconds one call of ``fn`` takes, CUDA synchronised around it."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
 def interleaved(fns, device, warmup, rounds, label=''):
     """Times every function of ``fns`` (name -> callable) in ``rounds``
     interleaved rounds after ``warmup`` calls each; returns name -> the
@@ -198,11 +207,7 @@ def interleaved(fns, device, warmup, rounds, label=''):
     times = {name: [] for name in fns}
     for r in range(rounds):
         for name, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(timed(fn, device))
         if rounds > 1:
             log(f'{label}: round {r + 1}/{rounds}')
     return times
@@ -346,28 +351,16 @@ def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
                                for w in caught)
             steps[name] = step
         single_step = train_step_fn(single, x, device, amp)
-
-        def sync():
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-
-        def timed(fn):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            return time.perf_counter() - t
-
         times = {'one process': [], 'ddp': [], 'ddp_before_fix': []}
         for r in range(warmup + rounds):
             # one process alone (rank 0; rank 1 waits at the barrier)
             dist.barrier()
-            t = timed(single_step) if rank == 0 else None
+            t = timed(single_step, device) if rank == 0 else None
             dist.barrier()
             got = {'one process': t}
             for name in ('ddp', 'ddp_before_fix'):
                 dist.barrier()
-                got[name] = timed(steps[name])
+                got[name] = timed(steps[name], device)
             if r >= warmup and rank == 0:
                 for name, value in got.items():
                     times[name].append(value)
@@ -476,16 +469,12 @@ def release_memory():
     import ctypes
     import gc
     gc.collect()
-    if device_is_cuda():
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     try:
         ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc
-
-
-def device_is_cuda():
-    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def save(results, path):
@@ -728,9 +717,9 @@ def table(results):
         if not (ours and theirs):
             continue
         if ours['inference'] and theirs['inference']:
-            rows.append(
-                f'STViT-S / {label} img/s at 224 b8: '
-                f"{ours['inference']['224_b8']['img_s'] / theirs['inference']['224_b8']['img_s']:.2f}x")
+            ratio = (ours['inference']['224_b8']['img_s'] /
+                     theirs['inference']['224_b8']['img_s'])
+            rows.append(f'STViT-S / {label} img/s at 224 b8: {ratio:.2f}x')
         if 'train' in ours and 'train' in theirs:
             rows.append(
                 f'STViT-S / {label} training step time at 1280x800 b2: '

@@ -561,11 +561,11 @@ class STViT(BaseModule):
         with_cp (bool): Activation checkpointing per block. Defaults False.
         channels_last (bool): Run the network in channels-last memory
             format (faster convolutions on CPU and tensor cores); outputs
-            are returned NCHW-contiguous either way. Its convolution weights are
-            then stored channels last too, as their gradients come, so
-            that DistributedDataParallel copies no gradient into its
-            buckets (:func:`~.kernels.store_channels_last`). Defaults to
-            True.
+            are returned NCHW-contiguous either way. Its convolution
+            weights are then stored channels last too, as their gradients
+            come, so that DistributedDataParallel copies no gradient into
+            its buckets (:func:`~.kernels.store_channels_last`). Defaults
+            to True.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH, prefix=None)`` loads the authors' ImageNet file
