@@ -250,3 +250,89 @@ def test_torch_compile_matches_eager():
     ref_bufs = dict(ref.named_buffers())
     for name, buf in model.named_buffers():
         torch.testing.assert_close(buf, ref_bufs[name], msg=name)
+
+
+def test_neighbourhood_operators_are_adjoint_and_exact():
+    """``mmstvit::gather3x3`` / ``mmstvit::scatter3x3`` (what torch.compile
+    sees): the eager kernels' values, each other's gradient, and a fake
+    (meta) twin with the real shapes and strides (torch.library.opcheck)."""
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    sent = torch.randn(2, 20, 9, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(torch.ops.mmstvit.gather3x3(t), kernels._gather3x3(t))
+    assert torch.equal(torch.ops.mmstvit.scatter3x3(sent, 5, 4),
+                       kernels._scatter3x3(sent, 5, 4))
+    assert torch.autograd.gradcheck(torch.ops.mmstvit.gather3x3, (t, ))
+    assert torch.autograd.gradcheck(
+        lambda s: torch.ops.mmstvit.scatter3x3(s, 5, 4), (sent, ))
+    # adjoint: <gather(t), s> == <t, scatter(s)>
+    lhs = (torch.ops.mmstvit.gather3x3(t) * sent).sum()
+    rhs = (t * torch.ops.mmstvit.scatter3x3(sent, 5, 4)).sum()
+    torch.testing.assert_close(lhs, rhs)
+    torch.library.opcheck(torch.ops.mmstvit.gather3x3.default, (t, ))
+    torch.library.opcheck(torch.ops.mmstvit.scatter3x3.default, (sent, 5, 4))
+
+
+def test_torch_compile_keeps_neighbourhoods_opaque():
+    """Under torch.compile every 3x3 gather/scatter is one operator call (in
+    the forward and in the backward AOTAutograd derives), not the padded
+    slices inductor would fuse into generated C++ (that code generation
+    ran for more than 20 minutes for STViT-S on 2 cores)."""
+    import torch._dynamo
+    from torch._functorch.aot_autograd import aot_module_simplified
+    torch._dynamo.reset()
+    graphs = []
+
+    def record(name):
+        def compiler(gm, example_inputs):
+            graphs.append((name, gm))
+            return gm.forward
+        return compiler
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs,
+                                     fw_compiler=record('forward'),
+                                     bw_compiler=record('backward'))
+
+    model = tiny().train()
+    # 64x64: every stage's map is a multiple of its super token size, so
+    # no padding is expected anywhere in the graph
+    outs = torch.compile(model, backend=backend, fullgraph=True)(
+        torch.randn(1, 3, 64, 64))
+    sum(o.square().mean() for o in outs).backward()
+
+    def count(gm, op):
+        return sum(node.op == 'call_function' and node.target == op
+                   for node in gm.graph.nodes)
+
+    fw = dict(graphs)['forward']
+    bw = dict(graphs)['backward']
+    gather = torch.ops.mmstvit.gather3x3.default
+    scatter = torch.ops.mmstvit.scatter3x3.default
+    # each block gathers the neighbours twice (association, upsampling)
+    # and scatters once (the association's column sums); in the backward
+    # each operator's gradient is the other one (the association's
+    # super tokens come from a no-grad iteration, so fewer there)
+    blocks = sum(m.uses_super_tokens for m in model.modules()
+                 if isinstance(m, S.StokenAttention))
+    assert blocks > 0
+    assert count(fw, gather) >= 2 * blocks and count(fw, scatter) >= blocks
+    assert count(bw, scatter) >= blocks and count(bw, gather) >= blocks
+    assert not any(node.target is torch.ops.aten.constant_pad_nd.default
+                   for gm in (fw, bw) for node in gm.graph.nodes)
+
+
+def test_inductor_compiles_inference_and_matches_eager():
+    """The default backend (inductor, C++ code generation) compiles the
+    inference forward in seconds and gives the eager outputs. Speed and
+    compile time of STViT-S: benchmark.py --compile."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        eager = model(x)
+        comp = torch.compile(model, fullgraph=True)(x)
+    for u, v in zip(comp, eager):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    torch._dynamo.reset()

@@ -1,7 +1,7 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """How the STViT backbone runs: its execution modes, decided in one place.
 
-The model (:mod:`.stvit`) computes the same maths four ways. Each module asks
+The model (:mod:`.stvit`) computes the same maths several ways. Each module asks
 this file which one applies; nothing else in the package inspects tracers,
 autocast or memory formats.
 
@@ -14,6 +14,9 @@ fused CPU inference        eager float32 CPU forward that needs no
                            gradient, channels-last maps: :func:`fused_cpu`
 memory-lean training       eager forward with gradients: :func:`lean_autograd`
 plain path                 everything else (GPU training, autocast, compile)
+compiled                   the plain path under ``torch.compile``, the 3x3
+                           gathers/scatters as opaque operators:
+                           :func:`compiling`
 =========================  ============================================
 
 The reference graph is the FLOP-counting protocol of the paper: identity-kernel
@@ -82,7 +85,10 @@ def tracing() -> bool:
 
 
 def compiling() -> bool:
-    """``torch.compile`` is capturing the forward (it fuses by itself)."""
+    """``torch.compile`` is capturing the forward: it fuses by itself, and
+    the 3x3 gathers/scatters are opaque operators (``mmstvit::gather3x3``,
+    ``mmstvit::scatter3x3``) so that inductor does not generate code for
+    their padded slices, which takes minutes per block on a small CPU."""
     compiler = getattr(torch, 'compiler', None)
     return bool(compiler is not None and compiler.is_compiling())
 

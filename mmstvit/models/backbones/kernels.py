@@ -8,8 +8,9 @@ compare them. Which one runs is decided by the predicates of
 :mod:`.execution`, looked up through that module.
 
 * 3x3 neighbourhoods of the super token grid: :func:`gather3x3` /
-  :func:`scatter3x3` (strided slices, channels last) beside the authors'
-  identity-kernel convolutions :func:`unfold3x3` / :func:`fold3x3`.
+  :func:`scatter3x3` (strided slices, channels last; opaque operators under
+  ``torch.compile``) beside the authors' identity-kernel convolutions
+  :func:`unfold3x3` / :func:`fold3x3`.
 * Fused oneDNN inference: :func:`conv_gelu` (GELU as a post-op),
   :func:`add_conv1x1_` (a 1x1 conv accumulated into the residual in place),
   BatchNorm folding (:func:`bn_scale_shift`, :func:`conv_bn_folded`).
@@ -79,17 +80,20 @@ def gather3x3(t: torch.Tensor) -> torch.Tensor:
     the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
 
     Nine strided slices of the padded grid: for the small super token grids
-    this is several times faster than im2col and keeps channels last.
+    this is several times faster than im2col and keeps channels last. Under
+    ``torch.compile`` it is the opaque operator ``mmstvit::gather3x3``.
     """
-    B, h, w, C = t.shape
-    tp = F.pad(t, (0, 0, 1, 1, 1, 1))
-    out = torch.stack([tp[:, i:i + h, j:j + w] for i, j in _OFFSETS], 3)
-    return out.reshape(B, h * w, 9, C)
+    if execution.compiling():
+        return torch.ops.mmstvit.gather3x3(t)
+    return _gather3x3(t)
 
 
 def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
-    cell receives the sum of what its 3x3 neighbours sent to it."""
+    cell receives the sum of what its 3x3 neighbours sent to it. Under
+    ``torch.compile`` it is the opaque operator ``mmstvit::scatter3x3``."""
+    if execution.compiling():
+        return torch.ops.mmstvit.scatter3x3(sent, h, w)
     B, n, _, C = sent.shape
     sent = sent.reshape(B, h, w, 9, C)
     if execution.traced():  # exporters: shifted copies added, no in-place
@@ -97,10 +101,69 @@ def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
             F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
             for k, (i, j) in enumerate(_OFFSETS))
         return out[:, 1:h + 1, 1:w + 1]
+    return _scatter3x3(sent, h, w)
+
+
+def _gather3x3(t: torch.Tensor) -> torch.Tensor:
+    B, h, w, C = t.shape
+    tp = F.pad(t, (0, 0, 1, 1, 1, 1))
+    out = torch.stack([tp[:, i:i + h, j:j + w] for i, j in _OFFSETS], 3)
+    return out.reshape(B, h * w, 9, C)
+
+
+def _scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    B, C = sent.shape[0], sent.shape[-1]
+    sent = sent.reshape(B, h, w, 9, C)
     out = sent.new_zeros(B, h + 2, w + 2, C)
     for k, (i, j) in enumerate(_OFFSETS):
         out[:, i:i + h, j:j + w] += sent[:, :, :, k]
     return out[:, 1:h + 1, 1:w + 1]
+
+
+# What torch.compile sees of the two: opaque operators with each other as
+# gradient. Inductor would otherwise fuse the padded slices of every
+# gather/scatter of the model into its generated C++, and that code
+# generation (nested masked loads) ran for more than 20 minutes on 2 cores
+# for STViT-S; as operators they cost no code generation and run the eager
+# kernels above. The scatter copies its result out of the padded buffer, so
+# the operator returns a fresh contiguous tensor as its fake twin promises.
+@torch.library.custom_op('mmstvit::gather3x3', mutates_args=())
+def _gather3x3_op(t: torch.Tensor) -> torch.Tensor:
+    return _gather3x3(t)
+
+
+@_gather3x3_op.register_fake
+def _(t):
+    B, h, w, C = t.shape
+    return t.new_empty(B, h * w, 9, C)
+
+
+@torch.library.custom_op('mmstvit::scatter3x3', mutates_args=())
+def _scatter3x3_op(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return _scatter3x3(sent, h, w).contiguous()
+
+
+@_scatter3x3_op.register_fake
+def _(sent, h, w):
+    return sent.new_empty(sent.shape[0], h, w, sent.shape[-1])
+
+
+def _gather3x3_backward(ctx, grad):
+    return torch.ops.mmstvit.scatter3x3(grad, ctx.h, ctx.w)
+
+
+def _gather3x3_setup(ctx, inputs, output):
+    ctx.h, ctx.w = inputs[0].shape[1:3]
+
+
+def _scatter3x3_backward(ctx, grad):
+    return torch.ops.mmstvit.gather3x3(grad), None, None
+
+
+_gather3x3_op.register_autograd(_gather3x3_backward,
+                                setup_context=_gather3x3_setup)
+_scatter3x3_op.register_autograd(
+    _scatter3x3_backward, setup_context=lambda ctx, inputs, output: None)
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
