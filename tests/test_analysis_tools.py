@@ -7,8 +7,6 @@ import os.path as osp
 import subprocess
 import sys
 
-import pytest
-
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
 

@@ -5,7 +5,6 @@ with every tensor unchanged; ``--ema`` picks ``model_ema``; bad inputs stop
 with a message naming the fix; check_official.py refuses a missing source."""
 import argparse
 import copy
-import importlib.util
 import os.path as osp
 import re
 from collections import OrderedDict
@@ -20,15 +19,13 @@ import mmstvit  # noqa: F401
 from mmstvit.utils import convert_official_state_dict
 from mmstvit.utils.checkpoint import load_checkpoint_file
 
+from helpers import load_script
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONVERTER = osp.join(ROOT, 'tools', 'model_converters', 'stvit_to_mm.py')
 
 
 def converter():
-    spec = importlib.util.spec_from_file_location('stvit_to_mm', CONVERTER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/model_converters/stvit_to_mm.py', 'stvit_to_mm')
 
 
 def in1k_model():

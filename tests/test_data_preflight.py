@@ -8,7 +8,6 @@ import json
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from mmengine.config import Config
 
 from mmstvit.utils import launch
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import REPO, free_port
+
 TOY_DET = osp.join(REPO, 'configs', 'toy', 'mask_rcnn_stvit_s_toy.py')
 TINY_ARCH = dict(
     embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
@@ -108,12 +108,6 @@ test_evaluator = val_evaluator
 train_cfg = dict(max_iters=1, val_interval=1)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def processes_mentioning(text):

@@ -8,7 +8,6 @@ without stochastic depth, which takes the other residual path). The control
 run, with the parameters laid out as before the fix, raises the warning, so
 the check can fail."""
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -18,18 +17,12 @@ import torch
 from mmstvit import STViT
 from mmstvit.models.backbones import kernels
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+import ddp_worker
+from helpers import REPO, free_port
+
 WORKER = osp.join(REPO, 'tests', 'ddp_worker.py')
-sys.path.insert(0, osp.join(REPO, 'tests'))
-import ddp_worker  # noqa: E402
 
 MESSAGE = 'Grad strides do not match bucket view strides'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def run_ddp(tmp_path, layout, drop_path_rate=0.):

@@ -2,7 +2,6 @@
 """tools/demo.py, the main job: a one-iteration smoke run on tiny data (the
 real run, 200 training images and a few hundred iterations, is `make demo`;
 its figures are in the README)."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,15 +10,11 @@ import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import REPO, load_script
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location(
-        'mmstvit_tools_demo', osp.join(REPO, 'tools', 'demo.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/demo.py')
 
 
 def test_parse_args_rejects_nonsense(capsys):

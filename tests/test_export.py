@@ -3,7 +3,6 @@
 backbone and the classifier agree with PyTorch in onnxruntime, the exported
 graph has no identity-kernel convolutions unless asked for, UperNet's
 pyramid pooling exports at any size, and what does not export says why."""
-import importlib.util
 import os
 import os.path as osp
 
@@ -16,19 +15,15 @@ import mmstvit  # noqa: F401
 from mmstvit import export
 from mmstvit.models import STViT
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import REPO, load_script
+
 TINY = dict(
     embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
     layer_scale=[False, False, True, True])
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmstvit_tools_export_onnx',
-        osp.join(REPO, 'tools', 'deployment', 'export_onnx.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/deployment/export_onnx.py')
 
 
 @pytest.fixture(scope='module')

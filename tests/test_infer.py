@@ -2,7 +2,6 @@
 """tools/infer.py: one config of each task on a generated image (pictures
 and JSON written, through the toolboxes' own inferencers), weights from an
 mm checkpoint, and clear errors for bad input."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -14,18 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import REPO, load_script
+
 DET = 'configs/toy/mask_rcnn_stvit_s_toy.py'
 SEG = 'configs/toy/upernet_stvit_s_toy.py'
 CLS = 'configs/stvit_s_in1k_224.py'
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmstvit_tools_infer', osp.join(REPO, 'tools', 'infer.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/infer.py')
 
 
 @pytest.fixture(scope='module')

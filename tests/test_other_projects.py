@@ -169,7 +169,6 @@ def test_toolbox_own_config_and_tools(pkg, toy, tmp_path):
                    cwd=tmp_path)
     ckpt = work / 'iter_2.pth'
     assert ckpt.is_file(), log[-3000:]
-    import torch
     sd = load_checkpoint_file(ckpt, map_location='cpu')['state_dict']
     assert 'backbone.layers.0.blocks.0.attn.stoken_refine.qkv.weight' in sd
     out = run_tool(pkg, 'test.py', str(cfg), str(ckpt), '--work-dir',

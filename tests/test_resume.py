@@ -8,10 +8,10 @@ import os
 import os.path as osp
 import sys
 
-import torch
-
 from mmstvit.utils.checkpoint import load_checkpoint_file
-from test_tools import REPO, SCRATCH, run, seg_case  # noqa: F401
+
+from helpers import REPO
+from test_tools import SCRATCH, run, seg_case  # noqa: F401
 
 DIE_HOOK = '''
 import os

@@ -7,12 +7,10 @@ training run takes seconds. The mmpretrain run is skipped where mmpretrain
 cannot import (it needs torchvision).
 """
 import argparse
-import importlib.util
 import os
 import os.path as osp
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 from collections import OrderedDict
@@ -28,18 +26,15 @@ from mmstvit.utils import checkpoint as ck
 from mmstvit.utils import launch
 from mmstvit.utils.checkpoint import load_checkpoint_file
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import REPO, free_port, load_script
+
 TOOLS = osp.join(REPO, 'tools')
 TINY_ARCH = dict(
     embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'mmstvit_tools_{name}', osp.join(TOOLS, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f'tools/{name}.py')
 
 
 @pytest.fixture(scope='module')
@@ -60,12 +55,6 @@ def keep_local_rank():
     os.environ.pop('LOCAL_RANK', None)
     if saved is not None:
         os.environ['LOCAL_RANK'] = saved
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, cwd, timeout=240, env=None):
