@@ -13,6 +13,7 @@ lays every parameter out contiguously with no gradient re-layout (the
 layout before the fix), as a control.
 """
 import argparse
+import gc
 import os
 import sys
 import warnings
@@ -52,26 +53,35 @@ def worker(rank, world, out_dir, port, layout, drop_path_rate):
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
-        model, x = build_model(drop_path_rate)
-        if layout == 'contiguous':
-            from mmstvit.models.backbones import kernels
-            kernels.store_contiguous(model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            for _ in range(2):
-                ddp.zero_grad(set_to_none=True)
-                loss_of(ddp(x)).backward()
-        torch.save(
-            dict(grads={n: p.grad.clone() for n, p in model.named_parameters()
-                        if p.grad is not None},
-                 strides={n: (p.stride(), p.grad.stride())
-                          for n, p in model.named_parameters()
-                          if p.grad is not None},
-                 warnings=[str(w.message) for w in caught]),
-            os.path.join(out_dir, f'rank{rank}.pt'))
+        train_and_save(rank, out_dir, layout, drop_path_rate)
     finally:
+        # the DDP wrapper holds the group: it went with train_and_save's
+        # frame; collect its cycles so that the group is freed here and not
+        # at interpreter exit (mmstvit.tool_support.finish_distributed)
+        gc.collect()
         dist.destroy_process_group()
+
+
+def train_and_save(rank, out_dir, layout, drop_path_rate):
+    """Two DDP steps; writes this rank's gradients, strides and warnings."""
+    model, x = build_model(drop_path_rate)
+    if layout == 'contiguous':
+        from mmstvit.models.backbones import kernels
+        kernels.store_contiguous(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        for _ in range(2):
+            ddp.zero_grad(set_to_none=True)
+            loss_of(ddp(x)).backward()
+    torch.save(
+        dict(grads={n: p.grad.clone() for n, p in model.named_parameters()
+                    if p.grad is not None},
+             strides={n: (p.stride(), p.grad.stride())
+                      for n, p in model.named_parameters()
+                      if p.grad is not None},
+             warnings=[str(w.message) for w in caught]),
+        os.path.join(out_dir, f'rank{rank}.pt'))
 
 
 def main():

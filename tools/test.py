@@ -301,6 +301,7 @@ def run(argv=None):
         from mmengine.dist import is_main_process
         if is_main_process():
             mmengine.dump(metrics, args.out)
+    del runner  # its DDP wrapper holds the process group (finish_distributed)
     launch.finish_distributed()
     return metrics
 

@@ -140,6 +140,7 @@ def run(argv=None):
 
     runner = launch.build_runner(cfg)
     runner.train()
+    del runner  # its DDP wrapper holds the process group (finish_distributed)
     launch.finish_distributed()
 
 
