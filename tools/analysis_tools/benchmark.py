@@ -319,7 +319,6 @@ def _free_port():
 def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
                 rounds, amp, queue):
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
     os.environ['MASTER_ADDR'] = '127.0.0.1'
     os.environ['MASTER_PORT'] = str(port)
     device = torch.device(device)
@@ -330,46 +329,57 @@ def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
     dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
                             rank=rank, world_size=world)
     try:
-        import mmstvit  # noqa: F401
-        x = torch.randn(batch, 3, *shape, device=device)
-        torch.manual_seed(0)
-        single = build('stvit_s', DET_STOKEN).to(device).train()
-        torch.manual_seed(0)
-        fixed = build('stvit_s', DET_STOKEN).to(device).train()
-        torch.manual_seed(0)
-        before = build('stvit_s', DET_STOKEN).to(device).train()
-        from mmstvit.models.backbones import kernels
-        kernels.store_contiguous(before)  # the layout before the fix
-        counts = {}
-        steps = {}
-        for name, model in (('ddp', fixed), ('ddp_before_fix', before)):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
-                wrapped = DDP(model)
-                step = train_step_fn(wrapped, x, device, amp)
-                step()  # the first step builds the buckets and may warn
-            counts[name] = sum(GRAD_STRIDE_WARNING in str(w.message)
-                               for w in caught)
-            steps[name] = step
-        single_step = train_step_fn(single, x, device, amp)
-        times = {'one process': [], 'ddp': [], 'ddp_before_fix': []}
-        for r in range(warmup + rounds):
-            # one process alone (rank 0; rank 1 waits at the barrier)
-            dist.barrier()
-            t = timed(single_step, device) if rank == 0 else None
-            dist.barrier()
-            got = {'one process': t}
-            for name in ('ddp', 'ddp_before_fix'):
-                dist.barrier()
-                got[name] = timed(steps[name], device)
-            if r >= warmup and rank == 0:
-                for name, value in got.items():
-                    times[name].append(value)
-                log(f'ddp: round {r - warmup + 1}/{rounds}')
-        if rank == 0:
-            queue.put(dict(times=times, warnings=counts))
+        _ddp_rounds(rank, device, shape, batch, warmup, rounds, amp, queue)
     finally:
+        # the DDP wrappers hold the group: they went with _ddp_rounds'
+        # frame; collect their cycles so that the group is freed here and
+        # not at interpreter exit (mmstvit.tool_support.finish_distributed)
+        import gc
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _ddp_rounds(rank, device, shape, batch, warmup, rounds, amp, queue):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    import mmstvit  # noqa: F401
+    x = torch.randn(batch, 3, *shape, device=device)
+    torch.manual_seed(0)
+    single = build('stvit_s', DET_STOKEN).to(device).train()
+    torch.manual_seed(0)
+    fixed = build('stvit_s', DET_STOKEN).to(device).train()
+    torch.manual_seed(0)
+    before = build('stvit_s', DET_STOKEN).to(device).train()
+    from mmstvit.models.backbones import kernels
+    kernels.store_contiguous(before)  # the layout before the fix
+    counts = {}
+    steps = {}
+    for name, model in (('ddp', fixed), ('ddp_before_fix', before)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            wrapped = DDP(model)
+            step = train_step_fn(wrapped, x, device, amp)
+            step()  # the first step builds the buckets and may warn
+        counts[name] = sum(GRAD_STRIDE_WARNING in str(w.message)
+                           for w in caught)
+        steps[name] = step
+    single_step = train_step_fn(single, x, device, amp)
+    times = {'one process': [], 'ddp': [], 'ddp_before_fix': []}
+    for r in range(warmup + rounds):
+        # one process alone (rank 0; rank 1 waits at the barrier)
+        dist.barrier()
+        t = timed(single_step, device) if rank == 0 else None
+        dist.barrier()
+        got = {'one process': t}
+        for name in ('ddp', 'ddp_before_fix'):
+            dist.barrier()
+            got[name] = timed(steps[name], device)
+        if r >= warmup and rank == 0:
+            for name, value in got.items():
+                times[name].append(value)
+            log(f'ddp: round {r - warmup + 1}/{rounds}')
+    if rank == 0:
+        queue.put(dict(times=times, warnings=counts))
 
 
 def ddp_benchmark(device, shape, batch, threads, warmup, rounds, amp):
@@ -755,9 +765,11 @@ def table(results):
                  '| | setting | eager s | compiled s | speed-up | compile s |',
                  '|' + '---|' * 6]
         for kind, r in comp.items():
+            er, cr = r['eager_range'], r['compiled_range']
             rows.append(
-                f"| {kind} | {r['setting']} | {r['eager_s']:.3f} | "
-                f"{r['compiled_s']:.3f} | {r['speedup']:.2f}x | "
+                f"| {kind} | {r['setting']} | {r['eager_s']:.3f} "
+                f"({er[0]:.3f}-{er[1]:.3f}) | {r['compiled_s']:.3f} "
+                f"({cr[0]:.3f}-{cr[1]:.3f}) | {r['speedup']:.2f}x | "
                 f"{r['compile_s']:.0f} |")
     return '\n'.join(rows)
 

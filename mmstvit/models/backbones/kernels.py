@@ -83,7 +83,7 @@ def gather3x3(t: torch.Tensor) -> torch.Tensor:
     this is several times faster than im2col and keeps channels last. Under
     ``torch.compile`` it is the opaque operator ``mmstvit::gather3x3``.
     """
-    if execution.compiling():
+    if OPAQUE_NEIGHBOURHOODS and execution.compiling():
         return torch.ops.mmstvit.gather3x3(t)
     return _gather3x3(t)
 
@@ -92,11 +92,11 @@ def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
     cell receives the sum of what its 3x3 neighbours sent to it. Under
     ``torch.compile`` it is the opaque operator ``mmstvit::scatter3x3``."""
-    if execution.compiling():
+    if OPAQUE_NEIGHBOURHOODS and execution.compiling():
         return torch.ops.mmstvit.scatter3x3(sent, h, w)
-    B, n, _, C = sent.shape
-    sent = sent.reshape(B, h, w, 9, C)
     if execution.traced():  # exporters: shifted copies added, no in-place
+        B, C = sent.shape[0], sent.shape[-1]
+        sent = sent.reshape(B, h, w, 9, C)
         out = sum(
             F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
             for k, (i, j) in enumerate(_OFFSETS))
@@ -127,43 +127,46 @@ def _scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
 # for STViT-S; as operators they cost no code generation and run the eager
 # kernels above. The scatter copies its result out of the padded buffer, so
 # the operator returns a fresh contiguous tensor as its fake twin promises.
-@torch.library.custom_op('mmstvit::gather3x3', mutates_args=())
-def _gather3x3_op(t: torch.Tensor) -> torch.Tensor:
-    return _gather3x3(t)
+# torch.library.custom_op came with torch 2.4; older versions compile the
+# plain slices.
+OPAQUE_NEIGHBOURHOODS = hasattr(torch.library, 'custom_op')
 
 
-@_gather3x3_op.register_fake
-def _(t):
-    B, h, w, C = t.shape
-    return t.new_empty(B, h * w, 9, C)
+def _register_neighbourhood_operators() -> None:
+
+    @torch.library.custom_op('mmstvit::gather3x3', mutates_args=())
+    def gather_op(t: torch.Tensor) -> torch.Tensor:
+        return _gather3x3(t)
+
+    @gather_op.register_fake
+    def _(t):
+        B, h, w, C = t.shape
+        return t.new_empty(B, h * w, 9, C)
+
+    @torch.library.custom_op('mmstvit::scatter3x3', mutates_args=())
+    def scatter_op(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return _scatter3x3(sent, h, w).contiguous()
+
+    @scatter_op.register_fake
+    def _(sent, h, w):
+        return sent.new_empty(sent.shape[0], h, w, sent.shape[-1])
+
+    def gather_setup(ctx, inputs, output):
+        ctx.h, ctx.w = inputs[0].shape[1:3]
+
+    def gather_backward(ctx, grad):
+        return torch.ops.mmstvit.scatter3x3(grad, ctx.h, ctx.w)
+
+    def scatter_backward(ctx, grad):
+        return torch.ops.mmstvit.gather3x3(grad), None, None
+
+    gather_op.register_autograd(gather_backward, setup_context=gather_setup)
+    scatter_op.register_autograd(
+        scatter_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-@torch.library.custom_op('mmstvit::scatter3x3', mutates_args=())
-def _scatter3x3_op(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return _scatter3x3(sent, h, w).contiguous()
-
-
-@_scatter3x3_op.register_fake
-def _(sent, h, w):
-    return sent.new_empty(sent.shape[0], h, w, sent.shape[-1])
-
-
-def _gather3x3_backward(ctx, grad):
-    return torch.ops.mmstvit.scatter3x3(grad, ctx.h, ctx.w)
-
-
-def _gather3x3_setup(ctx, inputs, output):
-    ctx.h, ctx.w = inputs[0].shape[1:3]
-
-
-def _scatter3x3_backward(ctx, grad):
-    return torch.ops.mmstvit.gather3x3(grad), None, None
-
-
-_gather3x3_op.register_autograd(_gather3x3_backward,
-                                setup_context=_gather3x3_setup)
-_scatter3x3_op.register_autograd(
-    _scatter3x3_backward, setup_context=lambda ctx, inputs, output: None)
+if OPAQUE_NEIGHBOURHOODS:
+    _register_neighbourhood_operators()
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
