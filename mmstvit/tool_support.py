@@ -21,13 +21,14 @@ message. The old import path ``mmstvit.utils.launch`` is this module.
   checkpoints of ``tools/test.py`` that leave part of the model random,
   and ``--unsafe-load``.
 """
+import contextlib
 import datetime
 import os
 import os.path as osp
 import pickle
 import re
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
@@ -62,6 +63,22 @@ def quiet_third_party_warnings() -> None:
     import warnings
     for category, message, _ in KNOWN_THIRD_PARTY_WARNINGS:
         warnings.filterwarnings('ignore', message=message, category=category)
+
+
+@contextlib.contextmanager
+def mm_log_level(level: str = 'ERROR') -> Iterator[None]:
+    """Raises mmengine's current logger to ``level`` for a ``with`` block:
+    what the toolboxes log while a tool builds or analyses a model (every
+    initialised parameter, FLOP counters' operator lists, data preprocessor
+    notes) is not the tool's answer."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 # ---------------------------------------------------------------------------

@@ -185,21 +185,14 @@ def random_init_checkpoint(config, path):
     checkpoint, so that tools/test.py can evaluate it."""
     import torch
 
-    from mmengine.logging import MMLogger
-
     from mmstvit.builder import build_model
+    from mmstvit.tool_support import mm_log_level
     torch.manual_seed(0)
     # init_weights reports every parameter: not for the console
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel('ERROR')
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            model = build_model(osp.join(ROOT, config), keep_init_cfg=True)
-            model.init_weights()
-    finally:
-        logger.setLevel(level)
+    with mm_log_level('ERROR'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = build_model(osp.join(ROOT, config), keep_init_cfg=True)
+        model.init_weights()
     os.makedirs(osp.dirname(path), exist_ok=True)
     torch.save(dict(state_dict=model.state_dict(), meta=dict(demo='init')),
                path)

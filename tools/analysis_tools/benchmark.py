@@ -224,19 +224,15 @@ def summary(times, batch):
 
 def count_flops(model, shape, device):
     from mmengine.analysis import FlopAnalyzer
-    from mmengine.logging import MMLogger
+
+    from mmstvit.tool_support import mm_log_level
     x = torch.randn(1, 3, *shape, device=device)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel('ERROR')  # "unsupported operator" lists, per model
-    try:
-        with torch.no_grad():
-            analyzer = FlopAnalyzer(model, (x, ))
-            analyzer.unsupported_ops_warnings(False)
-            analyzer.uncalled_modules_warnings(False)
-            return float(analyzer.total())
-    finally:
-        logger.setLevel(level)
+    # "unsupported operator" lists, per model
+    with mm_log_level('ERROR'), torch.no_grad():
+        analyzer = FlopAnalyzer(model, (x, ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return float(analyzer.total())
 
 
 # ---------------------------------------------------------------------------
