@@ -320,6 +320,7 @@ def test_torch_compile_keeps_neighbourhoods_opaque():
     assert count(bw, scatter) >= blocks and count(bw, gather) >= blocks
     assert not any(node.target is torch.ops.aten.constant_pad_nd.default
                    for gm in (fw, bw) for node in gm.graph.nodes)
+    torch._dynamo.reset()
 
 
 def test_inductor_compiles_inference_and_matches_eager():
