@@ -437,15 +437,25 @@ def finish_distributed() -> None:
     loaded 2-core machine. ``destroy_process_group`` alone is not enough:
     the runner's DDP wrapper still holds the group, and the runner lives in
     reference cycles until the final collection. So the cycles are
-    collected first; the group is then freed by ``destroy_process_group``.
+    collected first (:func:`release_process_group`).
     """
+    import torch.distributed as torch_dist
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroys the process group now, with no barrier (also after an
+    error, where another process may never reach one). The DDP wrappers
+    that hold it must be unreachable by then; their reference cycles are
+    collected first, so that the group is freed here and not during
+    interpreter shutdown (see :func:`finish_distributed`)."""
     import gc
 
     import torch.distributed as torch_dist
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        gc.collect()
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    gc.collect()
+    torch_dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ lays every parameter out contiguously with no gradient re-layout (the
 layout before the fix), as a control.
 """
 import argparse
-import gc
 import os
 import sys
 import warnings
@@ -55,11 +54,9 @@ def worker(rank, world, out_dir, port, layout, drop_path_rate):
     try:
         train_and_save(rank, out_dir, layout, drop_path_rate)
     finally:
-        # the DDP wrapper holds the group: it went with train_and_save's
-        # frame; collect its cycles so that the group is freed here and not
-        # at interpreter exit (mmstvit.tool_support.finish_distributed)
-        gc.collect()
-        dist.destroy_process_group()
+        # the DDP wrapper holding the group went with train_and_save's frame
+        from mmstvit.tool_support import release_process_group
+        release_process_group()
 
 
 def train_and_save(rank, out_dir, layout, drop_path_rate):

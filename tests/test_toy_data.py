@@ -4,28 +4,17 @@
 The modules are loaded from their files so these tests need neither torch
 nor the OpenMMLab packages that ``import mmstvit`` pulls in.
 """
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
-
-def _load(name):
-    path = ROOT / 'mmstvit' / 'data' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(f'_mmstvit_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = _load('toy_data')
-checks = _load('checks')
+toy = load_script('mmstvit/data/toy_data.py', '_mmstvit_toy_data')
+checks = load_script('mmstvit/data/checks.py', '_mmstvit_checks')
 
 NUM_TRAIN, NUM_VAL = 8, 4
 

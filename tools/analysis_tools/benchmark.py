@@ -327,12 +327,9 @@ def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
     try:
         _ddp_rounds(rank, device, shape, batch, warmup, rounds, amp, queue)
     finally:
-        # the DDP wrappers hold the group: they went with _ddp_rounds'
-        # frame; collect their cycles so that the group is freed here and
-        # not at interpreter exit (mmstvit.tool_support.finish_distributed)
-        import gc
-        gc.collect()
-        dist.destroy_process_group()
+        # the DDP wrappers holding the group went with _ddp_rounds' frame
+        from mmstvit.tool_support import release_process_group
+        release_process_group()
 
 
 def _ddp_rounds(rank, device, shape, batch, warmup, rounds, amp, queue):
@@ -421,9 +418,8 @@ def ddp_benchmark(device, shape, batch, threads, warmup, rounds, amp):
 # ---------------------------------------------------------------------------
 
 
-def compile_benchmark(device, threads, warmup, rounds, train_rounds, amp,
-                      train_shape, train_batch, infer_shape=(224, 224),
-                      infer_batch=8):
+def compile_benchmark(device, warmup, rounds, train_rounds, amp, train_shape,
+                      train_batch, infer_shape=(224, 224), infer_batch=8):
     """Eager against ``torch.compile`` for STViT-S: compile time and
     speed, inference and training step, interleaved."""
     if device.type == 'cpu':
@@ -449,11 +445,7 @@ def compile_benchmark(device, threads, warmup, rounds, train_rounds, amp,
         compiled_fn = make(compiled, x, device, amp)
         log(f'compile: compiling STViT-S for {kind} ({setting}); this '
             'takes minutes on a small CPU')
-        t = time.perf_counter()
-        compiled_fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        first = time.perf_counter() - t
+        first = timed(compiled_fn, device)
         times = interleaved(dict(eager=eager_fn, compiled=compiled_fn),
                             device, warmup,
                             rounds if kind == 'inference' else train_rounds,
@@ -667,8 +659,8 @@ def run(args):
         key, shape, batch = st['train']
         ishape, ibatch = st['infer'][0][1:3]
         results['compile'] = compile_benchmark(
-            device, threads, max(st['warmup'], 1), st['rounds'],
-            st['train_rounds'], args.amp, shape, batch, ishape, ibatch)
+            device, max(st['warmup'], 1), st['rounds'], st['train_rounds'],
+            args.amp, shape, batch, ishape, ibatch)
     return results
 
 
@@ -775,8 +767,7 @@ def main(argv=None):
     results = run(args)
     text = table(results)
     results['table'] = text
-    with open(args.out, 'w') as f:
-        json.dump(results, f, indent=2)
+    save(results, args.out)
     print(text)
     print(f'\nwritten to {args.out}')
     return results
