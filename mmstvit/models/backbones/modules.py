@@ -91,18 +91,24 @@ class LayerNorm2d(nn.Module):
 class ResDWC(Planned, nn.Module):
     """x + depthwise3x3(x); with ``use.fold_residual`` one convolution, the
     residual folded into the kernel's centre tap (exact in value and
-    gradient; the authors left the same idea commented out)."""
+    gradient; the authors left the same idea commented out).
+    ``residual=False``: depthwise3x3(x) alone (the ablation's ConvFFN "w/o
+    shortcut"; the same parameters)."""
 
-    def __init__(self, dim: int, kernel_size: int = 3):
+    def __init__(self, dim: int, kernel_size: int = 3, residual: bool = True):
         super().__init__()
         self.dim = dim
         self.kernel_size = kernel_size
+        self.residual = residual
         self.conv = nn.Conv2d(
             dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
 
     def folded_weight(self) -> torch.Tensor:
-        """The depthwise kernel with 1 added at the centre tap."""
+        """The depthwise kernel with 1 added at the centre tap (the kernel
+        itself without the residual)."""
         w = self.conv.weight
+        if not self.residual:
+            return w
         c = self.kernel_size // 2
         delta = torch.zeros_like(w)
         delta[:, :, c, c] = 1
@@ -110,21 +116,29 @@ class ResDWC(Planned, nn.Module):
 
     def forward(self, x):
         if not self.use.fold_residual:
-            return x + self.conv(x)
+            return x + self.conv(x) if self.residual else self.conv(x)
         return F.conv2d(x, self.folded_weight(), self.conv.bias, 1,
                         self.kernel_size // 2, 1, self.dim)
 
 
 class ConvFFN(Planned, nn.Module):
-    """``mlp2``: fc2(h + DWConv(h)), h = GELU(fc1(x)), 1x1 convs, ratio 4."""
+    """``mlp2``: fc2(h + DWConv(h)), h = GELU(fc1(x)), 1x1 convs, ratio 4.
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.):
+    The paper's ablation (:mod:`.ablation`): ``shortcut=False`` gives
+    fc2(DWConv(h)) ("w/o shortcut"), ``dwconv=False`` the plain MLP fc2(h)
+    of the rows before "+ ConvFFN" (no ``conv``)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.,
+                 dwconv: bool = True, shortcut: bool = True):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act1 = nn.GELU()
-        self.conv = ResDWC(hidden, 3)
+        self.conv = ResDWC(hidden, 3, residual=shortcut) if dwconv else None
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop)
+
+    def _dwconv(self, h):
+        return h if self.conv is None else self.conv(h)
 
     def forward(self, x, bn: Optional[_BatchNorm] = None,
                 identity: Optional[torch.Tensor] = None,
@@ -137,14 +151,15 @@ class ConvFFN(Planned, nn.Module):
         use = self.use
         if bn is not None and not bn.training and use.fold_norm:
             # eval: the BatchNorm folds into fc1 (exact)
-            h = self.conv(kernels.bn_conv_gelu(x, bn, self.fc1, self.drop,
-                                               use.onednn))
+            h = self._dwconv(kernels.bn_conv_gelu(x, bn, self.fc1,
+                                                  self.drop, use.onednn))
         else:
             h = self.fc1(x if bn is None else bn(x))
-            if use.lean_training and self.training and not self.drop.p:
+            if use.lean_training and self.training and not self.drop.p \
+                    and self.conv is not None:
                 h = kernels.gelu_dwconv(h, self.conv)  # GELU not stored
             else:
-                h = self.conv(self.drop(self.act1(h)))
+                h = self._dwconv(self.drop(self.act1(h)))
         return kernels.project_residual(h, self.fc2, self.drop, use,
                                         identity, gamma, drop_path)
 
@@ -158,7 +173,7 @@ class MultiheadConvAttention(Planned, nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0.):
+                 proj_drop: float = 0., rpe: Optional[nn.Module] = None):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f'embed dim {dim} is not divisible by '
@@ -171,6 +186,15 @@ class MultiheadConvAttention(Planned, nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Conv2d(dim, dim, 1)
         self.proj_drop = nn.Dropout(proj_drop)
+        # the ablation's relative position bias (:mod:`.ablation`): a module
+        # (H, W) -> (heads, H*W, H*W) added to the attention logits
+        self.rpe = rpe
+
+    def position_bias(self, H: int, W: int, dtype) -> Optional[torch.Tensor]:
+        """The (1, heads, N, N) relative position bias, or None."""
+        if self.rpe is None:
+            return None
+        return self.rpe(int(H), int(W)).unsqueeze(0).to(dtype)
 
     def qkv_heads(self, x):
         """(B, C, H, W) -> q, k, v each (B, heads, N, head_dim), read through
@@ -185,7 +209,9 @@ class MultiheadConvAttention(Planned, nn.Module):
     def attention_weights(self, x):
         """Softmax attention (B, heads, N_query, N_key), for visualisation."""
         q, k, _ = self.qkv_heads(x)
-        return ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
+        logits = (q @ k.transpose(-1, -2)) * self.scale
+        bias = self.position_bias(x.shape[2], x.shape[3], logits.dtype)
+        return (logits if bias is None else logits + bias).softmax(-1)
 
     def forward(self, x, identity: Optional[torch.Tensor] = None,
                 gamma: Optional[torch.Tensor] = None,
@@ -194,12 +220,14 @@ class MultiheadConvAttention(Planned, nn.Module):
         that are not given (``identity``: as in :meth:`ConvFFN.forward`)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
+        bias = self.position_bias(H, W, q.dtype)
         if self.use.sdpa:
             p = self.attn_drop.p if self.training else 0.
             out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=p, scale=self.scale)
+                q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         else:
-            attn = ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
+            attn = (q @ k.transpose(-1, -2)) * self.scale
+            attn = (attn if bias is None else attn + bias).softmax(-1)
             out = self.attn_drop(attn) @ v
         # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
@@ -286,6 +314,41 @@ def parse_arch(arch, arch_zoo: dict, arch_names) -> dict:
     if len(arch['layer_scale']) != n:
         raise ValueError('STViT: layer_scale needs one bool per stage')
     return arch
+
+def parse_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
+    """STViT's ``out_indices`` (an int or a sequence, negative from the
+    end) as a tuple of stage indices; ``ValueError`` when out of range."""
+    if isinstance(out_indices, int):
+        out_indices = [out_indices]
+    out_indices = [i + num_stages if i < 0 else i for i in out_indices]
+    for i in out_indices:
+        if not 0 <= i < num_stages:
+            raise ValueError(f'out_indices {i} is out of range for a '
+                             f'{num_stages}-stage STViT')
+    return tuple(out_indices)
+
+
+def check_frozen_stages(frozen_stages: int, num_stages: int) -> int:
+    if not -1 <= frozen_stages <= num_stages:
+        raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
+                         f'got {frozen_stages}')
+    return frozen_stages
+
+
+def pretrained_init_cfg(pretrained: Optional[str], init_cfg):
+    """The deprecated ``pretrained=PATH`` as ``init_cfg`` (with a notice);
+    ``ValueError`` when both are given."""
+    if pretrained is None:
+        return init_cfg
+    if init_cfg is not None:
+        raise ValueError('init_cfg and pretrained cannot be set at '
+                         'the same time; use init_cfg only')
+    from mmengine.logging import print_log
+    print_log('STViT: `pretrained` is deprecated, use '
+              "init_cfg=dict(type='Pretrained', checkpoint=...)",
+              logger='current')
+    return dict(type='Pretrained', checkpoint=pretrained)
+
 
 def per_stage(value, name: str, n: int) -> list:
     """A scalar repeated for ``n`` stages, or a list of ``n`` values."""

@@ -33,16 +33,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import execution, kernels
+from . import ablation, execution, kernels
 from .execution import Kernels
 from .kernels import store_channels_last
 from .modules import (ConvBN, ConvFFN, ConvStem, DropPath, IdentityKernel,
                       LayerNorm2d, MultiheadConvAttention, Planned, ResDWC,
-                      _pair, parse_arch, per_stage)
+                      _pair, check_frozen_stages, parse_arch,
+                      parse_out_indices, per_stage, pretrained_init_cfg)
 
 __all__ = [
     'STViT', 'STViTStage', 'STViTBlock', 'StokenAttention', 'StokenGrid',
@@ -103,7 +103,7 @@ class StokenAttention(Planned, nn.Module):
     def __init__(self, dim: int, stoken_size, n_iter: int = 1,
                  num_heads: int = 8, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0.):
+                 proj_drop: float = 0., rel_pos_grid=None):
         super().__init__()
         self.dim = dim
         self.stoken_size = _pair(stoken_size)
@@ -117,7 +117,9 @@ class StokenAttention(Planned, nn.Module):
         self.unfold = IdentityKernel()
         self.fold = IdentityKernel()
         self.stoken_refine = MultiheadConvAttention(
-            dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
+            dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop,
+            ablation.RelativePositionBias(num_heads, rel_pos_grid)
+            if rel_pos_grid else None)
 
     @property
     def uses_super_tokens(self) -> bool:
@@ -207,31 +209,36 @@ class StokenAttention(Planned, nn.Module):
 
 
 class STViTBlock(nn.Module):
-    """CPE -> LN -> super token attention -> BN -> ConvFFN, with residuals."""
+    """CPE -> LN -> super token attention -> BN -> ConvFFN, with residuals
+    (``pos_embed``, ``ffn``, ``rel_pos_grid``: :mod:`.ablation`)."""
 
     def __init__(self, dim: int, num_heads: int, stoken_size, n_iter: int = 1,
                  mlp_ratio: float = 4., qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, drop: float = 0.,
                  attn_drop: float = 0., drop_path: float = 0.,
-                 layer_scale: bool = False, init_values: float = 1e-6):
+                 layer_scale: bool = False, init_values: float = 1e-6,
+                 pos_embed: Optional[str] = 'cpe', ffn: str = 'conv',
+                 rel_pos_grid=None):
         super().__init__()
-        self.pos_embed = ResDWC(dim, 3)
+        self.pos_embed = ResDWC(dim, 3) if pos_embed == 'cpe' else \
+            nn.Identity()
         self.norm1 = LayerNorm2d(dim)
         self.attn = StokenAttention(
             dim, stoken_size, n_iter=n_iter, num_heads=num_heads,
             qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
-            proj_drop=drop)
+            proj_drop=drop, rel_pos_grid=rel_pos_grid)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else \
             nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp2 = ConvFFN(dim, int(dim * mlp_ratio), drop)
+        self.mlp2 = ConvFFN(dim, int(dim * mlp_ratio), drop,
+                            **ablation.ffn_kwargs(ffn))
         self.layer_scale = layer_scale
         if layer_scale:
             self.gamma_1 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
             self.gamma_2 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
 
     def forward(self, x):
-        x = self.pos_embed(x)  # x + DWConv(x)
+        x = self.pos_embed(x)  # x + DWConv(x) (CPE)
         g1, g2 = (self.gamma_1, self.gamma_2) if self.layer_scale else \
             (None, None)
         dp = self.drop_path if self.training and \
@@ -335,6 +342,9 @@ class STViT(Planned, BaseModule):
             come, so that DistributedDataParallel copies no gradient into
             its buckets (:func:`~.kernels.store_channels_last`). Defaults
             to True.
+        stem, pos_embed, ffn, pretrain_img_size, rel_pos_grid: The
+            components the paper's ablation varies (:mod:`.ablation`); the
+            defaults, ``'conv'``, ``'cpe'``, ``'conv'``, 224, None, are STViT.
         kernels (str | Kernels): The kernel plan: ``'fast'`` (default),
             ``'plain'`` or ``'reference'`` (:mod:`.execution`). Fixed here;
             change it with :meth:`set_kernels` or :meth:`switch_to_deploy`.
@@ -387,18 +397,12 @@ class STViT(Planned, BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  channels_last: bool = True,
+                 stem: str = 'conv', pos_embed: Optional[str] = 'cpe',
+                 ffn: str = 'conv', pretrain_img_size=224, rel_pos_grid=None,
                  kernels: Union[str, Kernels] = 'fast',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('init_cfg and pretrained cannot be set at '
-                                 'the same time; use init_cfg only')
-            print_log('STViT: `pretrained` is deprecated, use '
-                      "init_cfg=dict(type='Pretrained', checkpoint=...)",
-                      logger='current')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=pretrained_init_cfg(pretrained, init_cfg))
 
         self.arch_settings = parse_arch(arch, self.arch_zoo, self.arch_names)
         self.arch = arch if isinstance(arch, str) else 'custom'
@@ -410,31 +414,22 @@ class STViT(Planned, BaseModule):
         self.num_stages = num_stages
         self.embed_dims = list(dims)
 
-        self.stoken_size = [
-            _pair(s)
-            for s in per_stage(stoken_size, 'stoken_size', num_stages)
-        ]
+        self.stoken_size = [_pair(s) for s in per_stage(
+            stoken_size, 'stoken_size', num_stages)]
         self.n_iter = [int(v) for v in per_stage(n_iter, 'n_iter',
                                                        num_stages)]
 
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        out_indices = [i + num_stages if i < 0 else i for i in out_indices]
-        for i in out_indices:
-            if not 0 <= i < num_stages:
-                raise ValueError(f'out_indices {i} is out of range for a '
-                                 f'{num_stages}-stage STViT')
-        self.out_indices = tuple(out_indices)
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
-                             f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
+        self.out_indices = parse_out_indices(out_indices, num_stages)
+        self.frozen_stages = check_frozen_stages(frozen_stages, num_stages)
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = channels_last
 
-        self.patch_embed = ConvStem(in_channels, dims[0])
+        self.patch_embed = ablation.build_stem(stem, in_channels, dims[0])
+        self.ape = ablation.build_ape(pos_embed, dims[0], pretrain_img_size)
         self.pos_drop = nn.Dropout(drop_rate)
+        rpe_grids = ablation.rpe_grids(pos_embed, rel_pos_grid,
+                                       pretrain_img_size, self.stoken_size)
         total = sum(depths)
         dpr = [
             x.item() for x in torch.linspace(0, drop_path_rate, total)
@@ -447,7 +442,8 @@ class STViT(Planned, BaseModule):
                 n_iter=self.n_iter[i], mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
                 attn_drop=attn_drop_rate, layer_scale=bool(layer_scale[i]),
-                init_values=layer_scale_init_value)
+                init_values=layer_scale_init_value, pos_embed=pos_embed,
+                ffn=ffn, rel_pos_grid=rpe_grids[i])
             self.layers.append(
                 STViTStage(
                     depths[i], dims[i],
@@ -465,6 +461,7 @@ class STViT(Planned, BaseModule):
     def _frozen_modules(self):
         if self.frozen_stages >= 0:
             yield self.patch_embed
+            yield self.ape
         for i in range(min(self.frozen_stages, self.num_stages)):
             yield self.layers[i]
 
@@ -577,7 +574,7 @@ class STViT(Planned, BaseModule):
         # oneDNN's kernels run float32: autocast does not apply to them
         with torch.autocast(x.device.type, enabled=False) if \
                 self.use.onednn else contextlib.nullcontext():
-            x = self.pos_drop(self.patch_embed(x))
+            x = self.pos_drop(self.ape(self.patch_embed(x)))
             outs = []
             for i, stage in enumerate(self.layers):
                 x = stage(x)
