@@ -149,7 +149,8 @@ def test_get_flops_only_picks_configs_by_name():
          '--only', 'nothing_*'], cwd=ROOT, capture_output=True, text=True,
         timeout=120)
     assert out.returncode != 0
-    assert "no config in configs/ matches ['nothing_*']" in out.stderr
+    assert ("no config in configs/ or configs/ablations/ matches "
+            "['nothing_*']") in out.stderr
 
 
 def test_get_flops_needs_a_config():

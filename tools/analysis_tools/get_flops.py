@@ -6,15 +6,16 @@
     python tools/analysis_tools/get_flops.py --all --only 'retinanet_*'
 
 The paper's protocol (docs/reference_numbers.md): mmengine's
-``get_model_complexity_info`` on the model's tensor-mode forward
-(``model._forward``) of one random input at the paper's size: 1280x800 for
-COCO (H=800, W=1280), 2048x512 for ADE20K UperNet (H=512, W=2048), 224 or
-384 for ImageNet; Semantic FPN, which the paper does not report, at 512x512
-as PVT and the papers comparing with it report it. One multiply-add counts
-as one FLOP; parameters are the trainable ones. With this protocol mmdet's
-own Mask R-CNN R50 gives the 260G / 44M that papers quote. Two-stage
-detectors are counted as mmdet 2's ``forward_dummy`` counted them, which the
-papers' figures come from: the RoI heads on exactly 1000 proposals (the
+``get_model_complexity_info`` (its ``FlopAnalyzer``) on the model's
+tensor-mode forward (``model._forward``) of one random input at the paper's
+size: 1280x800 for COCO (H=800, W=1280), 2048x512 for ADE20K UperNet
+(H=512, W=2048), 224 or 384 for ImageNet; Semantic FPN, which the paper does
+not report, at 512x512 as PVT and the papers comparing with it report it.
+One multiply-add counts as one FLOP; parameters are the trainable ones.
+With this protocol mmdet's own Mask R-CNN R50 gives the 260G / 44M that
+papers quote. Two-stage detectors are counted as mmdet 2's
+``forward_dummy`` counted them, which the papers' figures come from: the
+RoI heads on exactly 1000 proposals (the
 RPN's ``max_per_img``; a random model's RPN keeps fewer after NMS, 676 for
 STViT-S, and the cascade's heads cost ~0.4 GFLOPs per RoI), the mask heads
 on the first 100 (mmdet 3's Mask R-CNN tensor forward does so too; its
@@ -23,7 +24,8 @@ cascade runs the three mask heads on every proposal, about 1T more at
 published 82M / 739G. ``--all``
 measures every config in configs/ (not configs/toy) and prints it beside the
 paper's numbers, or 'not in the paper' (``--only`` picks configs by name
-pattern).
+pattern); configs/ablations/ (the paper's ablation rows) comes after
+configs/.
 """
 import argparse
 import fnmatch
@@ -49,6 +51,15 @@ PAPER = {
     'stvit_s_in1k_224': (25, 4.4), 'stvit_s_in1k_384': (25, 14.1),
     'stvit_b_in1k_224': (52, 9.9), 'stvit_b_in1k_384': (52, 31.5),
     'stvit_l_in1k_224': (95, 15.6), 'stvit_l_in1k_384': (95, 49.7),
+    # "Ablations of STViT" (configs/ablations/): the classifiers at 224; the
+    # paper gives no counts for the rows' detectors and segmentors
+    'stvit_s_sta4stage_in1k_224': (24.1, 3.97),
+    'stvit_s_convstem_in1k_224': (24.2, 4.26),
+    'stvit_s_projection_in1k_224': (25.2, 4.29),
+    'stvit_s_cpe_in1k_224': (25.3, 4.30),
+    'stvit_s_ape_in1k_224': (24.2, 4.26),
+    'stvit_s_rpe_in1k_224': (25.3, 4.29),
+    'stvit_s_noshortcut_in1k_224': (25.4, 4.37),
 }
 
 
@@ -125,7 +136,7 @@ def pad_proposals(model):
 
 def measure(config, shape=None):
     """``dict(params=..., flops=..., shape=...)`` of the whole model."""
-    from mmengine.analysis import get_model_complexity_info
+    from mmengine.analysis import FlopAnalyzer
     from mmengine.config import Config
 
     import mmstvit  # noqa: F401
@@ -161,27 +172,29 @@ def measure(config, shape=None):
 
     # the paper's counting protocol: the authors' graph (execution.py)
     from mmstvit.models.backbones.execution import use_kernels
+    # the FLOP count of get_model_complexity_info, without its activation
+    # count (a second trace of the model) or its per-module warnings
     with torch.no_grad(), use_kernels(model, 'reference'):
-        info = get_model_complexity_info(
-            TensorForward(model), inputs=(inputs, ), show_table=False,
-            show_arch=False)
+        analyzer = FlopAnalyzer(TensorForward(model), (inputs, ))
+        analyzer.uncalled_modules_warnings(False)
+        flops = analyzer.total()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return dict(params=params, flops=float(info['flops']), shape=shape,
-                task=task)
+    return dict(params=params, flops=float(flops), shape=shape, task=task)
 
 
 def table_row(name, r):
     """A markdown row: the measurement beside the paper's figure, or 'not in
     the paper'."""
     g = r['flops'] / 1e9
+    gs = f'{g:.2f}' if g < 10 else f'{g:.1f}'  # the paper's precision
     shape = f'{r["shape"][1]}x{r["shape"][0]}'
     if name in PAPER:
         p_params, p_flops = PAPER[name]
         return (f'| {name} | {shape} | {p_params}M | {r["params"] / 1e6:.2f}M'
-                f' | {p_flops}G | {g:.1f}G | '
+                f' | {p_flops}G | {gs}G | '
                 f'{100 * (g - p_flops) / p_flops:+.1f}% |')
     return (f'| {name} | {shape} | not in the paper | '
-            f'{r["params"] / 1e6:.2f}M | not in the paper | {g:.1f}G | - |')
+            f'{r["params"] / 1e6:.2f}M | not in the paper | {gs}G | - |')
 
 
 def parse_args(argv=None):
@@ -192,7 +205,8 @@ def parse_args(argv=None):
                         help='input height and width (default: the paper\'s '
                         'size for the task)')
     parser.add_argument('--all', action='store_true',
-                        help='every config in configs/, beside the paper')
+                        help='every config in configs/ and '
+                        'configs/ablations/, beside the paper')
     parser.add_argument('--only', nargs='+', metavar='PATTERN',
                         help="with --all: only the configs whose name (no "
                         "directory, no .py) matches one of these patterns, "
@@ -218,7 +232,8 @@ def main(argv=None):
     rows = ['| config | input (WxH) | params (paper) | params | FLOPs (paper)'
             ' | FLOPs | diff |', '|---|---|---|---|---|---|---|']
     results = {}
-    paths = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+    paths = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py'))) + sorted(
+        glob.glob(osp.join(ROOT, 'configs', 'ablations', '*.py')))
     if args.only:
         paths = [
             p for p in paths if any(
@@ -226,7 +241,8 @@ def main(argv=None):
                 for pat in args.only)
         ]
         if not paths:
-            sys.exit(f'no config in configs/ matches {args.only}')
+            sys.exit(f'no config in configs/ or configs/ablations/ matches '
+                     f'{args.only}')
     for path in paths:
         name = osp.splitext(osp.basename(path))[0]
         r = measure(path)
