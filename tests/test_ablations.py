@@ -133,6 +133,11 @@ def test_switches_build_what_they_say():
     sd = keys(pos_embed='rpe', rel_pos_grid=(7, 7, 14, (7, 5)))
     assert sd[f'layers.3.blocks.0.{table}'].shape == (13 * 9, 4)
     assert not any('pos_embed' in k for k in sd)
+    # layer-wise lr decay: the position table with the stem, the bias
+    # tables with their blocks
+    m = STViT(TINY, pos_embed='ape')
+    assert m.get_layer_depth('ape.absolute_pos_embed') == (0, 7)
+    assert m.get_layer_depth(f'layers.1.blocks.1.{table}') == (3, 7)
     # the FFN: no depthwise conv, or the same parameters without shortcut
     assert not any('mlp2.conv' in k for k in keys(ffn='mlp'))
     assert set(keys(ffn='conv_no_shortcut')) == set(default)

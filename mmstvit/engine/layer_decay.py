@@ -69,7 +69,7 @@ def stvit_layer_depth(depths: Sequence[int], param_name: str,
     if not param_name.startswith(prefix):
         return num_layers - 1, num_layers
     parts = param_name[len(prefix):].split('.')
-    if parts[0] == 'patch_embed':
+    if parts[0] in ('patch_embed', 'ape'):  # the stem, its position table
         return 0, num_layers
     if parts[0] == 'layers' and len(parts) > 2:
         stage = int(parts[1])
