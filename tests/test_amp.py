@@ -5,20 +5,33 @@
 The wrapper is mmengine's ``AmpOptimWrapper`` on accelerators and bfloat16
 (or float16) autocast on a CPU. Here: the choice for every device (the
 CUDA branch through the same code, with mmengine's device assert patched),
-steps, loss scaling and state round trips on a CPU.
+steps, loss scaling and state round trips on a CPU, and ``--amp`` training
+the toy Mask R-CNN and UperNet configs (shrunk: a 4-stage STViT of 16-64
+channels, small images, 2 iterations, then a resume to 3) in bfloat16, and
+UperNet in float16 with the CPU GradScaler.
 """
+import json
 import math
+import os
+import os.path as osp
+import sys
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.optim import AmpOptimWrapper
 
 import mmstvit  # noqa: F401
 from mmstvit import STViT
 from mmstvit.engine import DeviceAmpOptimWrapper, amp_plan
 from mmstvit.engine.amp import AmpPlan
+from mmstvit.utils import launch
+from mmstvit.utils.checkpoint import load_checkpoint_file
 
-from test_tools import TINY_ARCH
+from helpers import REPO
+from test_tools import TINY_ARCH, run
+
+TRAIN = osp.join(REPO, 'tools', 'train.py')
 
 # ---------------------------------------------------------------------------
 # the choice, for every device
@@ -229,3 +242,217 @@ def test_wrapper_is_in_every_toolbox_registry():
         registry = pytest.importorskip(f'{scope}.registry')
         assert registry.OPTIM_WRAPPERS.get('DeviceAmpOptimWrapper') is \
             DeviceAmpOptimWrapper
+
+
+# ---------------------------------------------------------------------------
+# --amp in tools/train.py
+# ---------------------------------------------------------------------------
+
+
+def _cfg(wrapper='OptimWrapper', **kw):
+    return Config(dict(
+        optim_wrapper=dict(type=wrapper, optimizer=dict(type='SGD', lr=0.1),
+                           **kw)))
+
+
+def test_apply_amp_and_check_amp(monkeypatch):
+    cfg = _cfg()
+    launch.apply_amp(cfg)
+    assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    launch.check_amp(cfg)  # runs here (bfloat16 on a CPU)
+
+    with pytest.raises(launch.ToolError, match='--amp works with'):
+        launch.apply_amp(_cfg('ApexOptimWrapper'))
+
+    if torch.cuda.is_available():
+        return
+    # mmengine's own AmpOptimWrapper cannot run on a CPU: --amp turns it
+    # into ours, and without --amp the tools stop naming both fixes
+    cfg = _cfg('AmpOptimWrapper')
+    with pytest.raises(launch.ToolError, match='add --amp') as e:
+        launch.check_amp(cfg)
+    assert 'DeviceAmpOptimWrapper' in str(e.value)
+    launch.apply_amp(cfg)
+    assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
+    with pytest.raises(launch.ToolError, match='bfloat16 or float16'):
+        launch.check_amp(_cfg('DeviceAmpOptimWrapper', dtype='float64'))
+
+
+# ---------------------------------------------------------------------------
+# tools/train.py --amp on the toy configs
+# ---------------------------------------------------------------------------
+
+PROBE = '''
+import json
+import os
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class AmpProbe(Hook):
+    """Writes amp_probe.json to the work dir: the optimizer wrapper, its
+    autocast dtype, and the autocast state and output dtypes that the
+    model's convolutions and linear layers saw in training forwards."""
+
+    def before_train(self, runner):
+        self.seen = dict(autocast=set(), outputs=set())
+        model = getattr(runner.model, 'module', runner.model)
+
+        def record(module, args, out):
+            if module.training and torch.is_tensor(out):
+                self.seen['outputs'].add(str(out.dtype))
+                self.seen['autocast'].add(
+                    str(torch.get_autocast_dtype('cpu'))
+                    if torch.is_autocast_enabled('cpu') else 'off')
+
+        self.handles = [
+            m.register_forward_hook(record) for m in model.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+    def after_train(self, runner):
+        for h in self.handles:
+            h.remove()
+        w = runner.optim_wrapper
+        info = dict(wrapper=type(w).__name__, cast_dtype=str(w.cast_dtype),
+                    loss_scaling=w.loss_scaler.is_enabled(),
+                    **{k: sorted(v) for k, v in self.seen.items()})
+        with open(os.path.join(runner.work_dir, 'amp_probe.json'), 'w') as f:
+            json.dump(info, f)
+'''
+
+COMMON = '''
+custom_imports = dict(imports=['mmstvit', 'amp_probe'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='AmpProbe')]
+train_cfg = dict(max_iters=2, val_interval=1000)
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval=2, max_keep_ckpts=3))
+randomness = dict(seed=0)
+'''
+
+DET = '''_base_ = 'BASE/configs/toy/mask_rcnn_stvit_s_toy.py'
+''' + COMMON + '''model = dict(
+    backbone=dict(arch=dict(_delete_=True, **ARCH), stoken_size=[4, 2, 1, 1]),
+    neck=dict(in_channels=[16, 32, 48, 64], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(in_channels=32, conv_out_channels=32)),
+    train_cfg=dict(rpn_proposal=dict(max_per_img=64),
+                   rcnn=dict(sampler=dict(num=32))))
+train_dataloader = dict(dataset=dict(
+    data_root='DATA/toy_coco/',
+    pipeline=[
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+        dict(type='Resize', scale=(128, 128), keep_ratio=True),
+        dict(type='PackDetInputs')]))
+'''
+
+SEG = '''_base_ = 'BASE/configs/toy/upernet_stvit_s_toy.py'
+''' + COMMON + '''model = dict(
+    data_preprocessor=dict(size=(64, 64)),
+    backbone=dict(arch=dict(_delete_=True, **ARCH), stoken_size=[4, 2, 1, 1]),
+    decode_head=dict(in_channels=[16, 32, 48, 64], channels=16),
+    auxiliary_head=dict(in_channels=48, channels=16))
+train_dataloader = dict(dataset=dict(
+    data_root='DATA/toy_ade/',
+    pipeline=[
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', reduce_zero_label=False),
+        dict(type='Resize', scale=(64, 64), keep_ratio=True),
+        dict(type='RandomCrop', crop_size=(64, 64)),
+        dict(type='PackSegInputs')]))
+'''
+
+
+@pytest.fixture(scope='module')
+def amp_case(tmp_path_factory):
+    """The probe hook, 2 training images of each toy set, the two shrunk
+    toy configs."""
+    from mmstvit.data.toy_data import generate_toy_data
+    root = tmp_path_factory.mktemp('amp')
+    generate_toy_data(root=str(root / 'data'), num_train=2, num_val=1)
+    (root / 'amp_probe.py').write_text(PROBE)
+    for name, text in (('det', DET), ('seg', SEG)):
+        (root / f'{name}.py').write_text(
+            text.replace('BASE', REPO).replace('ARCH', repr(TINY_ARCH))
+            .replace('DATA', str(root / 'data')))
+    return root
+
+
+def train(root, name, work, *extra):
+    env = dict(PYTHONPATH=str(root) + os.pathsep + REPO)
+    proc = run([sys.executable, TRAIN, str(root / f'{name}.py'), '--amp',
+                '--work-dir', str(work)] + list(extra), cwd=root, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def scalars(work):
+    """The logged training scalars of every run in ``work``, by iteration
+    (mmengine's LocalVisBackend: <timestamp>/vis_data/scalars.json)."""
+    rows = {}
+    for path in sorted(work.glob('*/vis_data/scalars.json')):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if 'loss' in row:
+                rows[row['iter']] = row
+    return rows
+
+
+@pytest.mark.parametrize('name,dtype', [('det', 'bfloat16'),
+                                        ('seg', 'bfloat16'),
+                                        ('seg', 'float16')])
+def test_train_amp_on_cpu_then_resume(amp_case, name, dtype):
+    """tools/train.py --amp trains 2 iterations with finite losses under
+    autocast in ``dtype`` through DeviceAmpOptimWrapper, saves the wrapper's
+    state, and a resume continues to iteration 3 from it."""
+    root = amp_case
+    work = root / f'w_{name}_{dtype}'
+    extra = [] if dtype == 'bfloat16' else [
+        '--cfg-options', f'optim_wrapper.dtype={dtype}']
+    out = train(root, name, work, *extra)
+    assert f'mixed precision on the CPU: torch.{dtype} autocast' in out
+    probe = json.loads((work / 'amp_probe.json').read_text())
+    assert probe['wrapper'] == 'DeviceAmpOptimWrapper'
+    assert probe['cast_dtype'] == f'torch.{dtype}'
+    assert probe['autocast'] == [f'torch.{dtype}']
+    assert f'torch.{dtype}' in probe['outputs']
+    assert probe['loss_scaling'] == (dtype == 'float16')
+
+    ckpt = load_checkpoint_file(work / 'iter_2.pth')
+    state = ckpt['optimizer']
+    assert {float(s['step']) for s in state['state'].values()} == {2.}
+    if dtype == 'float16':
+        assert state['loss_scaler']['scale'] >= 1
+    else:
+        assert state['loss_scaler'] == {}
+
+    out = train(root, name, work, '--resume', '--cfg-options',
+                'train_cfg.max_iters=3', *extra[1:])
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert 'Iter(train) [3/3]' in out and 'Iter(train) [1/3]' not in out
+    rows = scalars(work)
+    assert sorted(rows) == [1, 2, 3]
+    assert all(math.isfinite(r['loss']) for r in rows.values()), rows
+    state3 = load_checkpoint_file(work / 'iter_3.pth')['optimizer']
+    # AdamW's moments came back from iteration 2 (3 steps, not 1)
+    assert {float(s['step']) for s in state3['state'].values()} == {3.}
+    if dtype == 'float16':
+        # the loss scaler went on from its saved state: one more step
+        # since the last change of scale, or a halved scale
+        s2, s3 = state['loss_scaler'], state3['loss_scaler']
+        assert (s3['scale'] == s2['scale'] and
+                s3['_growth_tracker'] == s2['_growth_tracker'] + 1) or \
+            s3['scale'] == s2['scale'] / 2
