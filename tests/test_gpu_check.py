@@ -1,8 +1,8 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """tools/analysis_tools/gpu_check.py on the CPU (``--device cpu --quick``):
 the code a GPU machine runs, with the device and dtype as parameters (the
-plain ops stand in for the GPU's numbers, bfloat16 for fp16), ends with
-its table and JSON and passes its own checks."""
+plain kernel plan stands in for the GPU's numbers, bfloat16 for fp16),
+ends with its table and JSON and passes its own checks."""
 import json
 import math
 import os
@@ -26,8 +26,8 @@ def test_gpu_check_on_cpu(tmp_path):
     table = proc.stdout.split('\n\nwritten to')[0]
     assert table.startswith('| check | setting | result | limit | status |')
     assert 'all checks passed' in table
-    for row in ('| cpu fp32 plain ops vs cpu fp32 |',
-                '| cpu fp32 plain ops vs cpu fp64 |',
+    for row in ('| cpu fp32 plain vs cpu fp32 |',
+                '| cpu fp32 plain vs cpu fp64 |',
                 '| cpu fp32 vs cpu fp64 |',
                 '| AMP bf16 steps (DeviceAmpOptimWrapper) |',
                 '| speed stvit_s fp32 |', '| speed swin_t bf16 |',
@@ -38,8 +38,8 @@ def test_gpu_check_on_cpu(tmp_path):
     assert res['ok'] and res['quick'] and res['table'] == table
     compare = res['compare']
     assert [(p['a'], p['b']) for p in compare['pairs']] == [
-        ('cpu fp32 plain ops', 'cpu fp32'),
-        ('cpu fp32 plain ops', 'cpu fp64'), ('cpu fp32', 'cpu fp64')]
+        ('cpu fp32 plain', 'cpu fp32'),
+        ('cpu fp32 plain', 'cpu fp64'), ('cpu fp32', 'cpu fp64')]
     for p in compare['pairs']:
         assert p['ok'] and p['params_compared'] > 300
         assert p['param_grads'] <= compare['tolerance']['grads']

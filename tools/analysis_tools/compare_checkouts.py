@@ -7,8 +7,11 @@
 Each round starts one fresh process per checkout, alternating, and each
 process imports ``mmstvit`` from its own checkout, builds STViT-S and times:
 inference at 224x224 batch 8 (super tokens (8, 4, 1, 1)) and at 1280x800
-batch 1 ((16, 8, 2, 1)), median of 5 runs, and the training step at
-1280x800 batch 2 (forward, sum of the output means, backward), median of 3.
+batch 1 ((16, 8, 2, 1)), median of 5 runs (a checkout whose STViT has
+``switch_to_deploy`` runs it first, as tools/infer.py and tools/test.py do),
+and the training step at 1280x800 batch 2 (forward, sum of the output means,
+backward), median of 3, with its peak memory (growth of the peak resident
+set over the steps).
 The table gives the median over rounds and the change in per cent. Fresh
 processes per round and interleaving keep drift of a shared machine out of
 the comparison; to compare models instead, use benchmark.py.
@@ -21,7 +24,7 @@ import subprocess
 import sys
 
 CHILD = r'''
-import json, statistics, sys, time, warnings
+import gc, json, os, resource, statistics, sys, time, warnings
 sys.path.insert(0, sys.argv[1])
 warnings.filterwarnings('ignore')
 import torch
@@ -44,6 +47,8 @@ for key, stoken, shape in (('infer_224_b8', (8, 4, 1, 1), (8, 3, 224, 224)),
                            ('infer_1280x800_b1', (16, 8, 2, 1),
                             (1, 3, 800, 1280))):
     model = STViT(arch='s', stoken_size=stoken, drop_path_rate=0.).eval()
+    if hasattr(model, 'switch_to_deploy'):  # inference as infer.py runs it
+        model.switch_to_deploy()
     x = torch.randn(*shape)
 
     def infer():
@@ -51,8 +56,12 @@ for key, stoken, shape in (('infer_224_b8', (8, 4, 1, 1), (8, 3, 224, 224)),
             model(x)
 
     out[key] = median_time(infer, 5)
+del model, x
+gc.collect()
 model = STViT(arch='s', stoken_size=(16, 8, 2, 1), drop_path_rate=0.).train()
 x = torch.randn(2, 3, 800, 1280)
+with open('/proc/self/statm') as f:  # resident now, before training
+    rss_before = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
 def step():
@@ -61,6 +70,10 @@ def step():
 
 
 out['train_1280x800_b2'] = median_time(step, 3)
+# growth of the peak resident memory over the training steps (the training
+# step's peak is above the inference settings' peaks)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out['train_peak_MiB'] = (peak - rss_before) / 2**20
 print(json.dumps(out))
 '''
 
@@ -98,7 +111,8 @@ def main(argv=None):
     keys = list(runs['before'][0])
     med = {name: {k: statistics.median(run[k] for run in rs) for k in keys}
            for name, rs in runs.items()}
-    print('| | ' + ' | '.join(f'{k} (s)' for k in keys) + ' |')
+    print('| | ' + ' | '.join(k if k.endswith('MiB') else f'{k} (s)'
+                              for k in keys) + ' |')
     print('|---|' + '---|' * len(keys))
     for name in checkouts:
         print(f'| {name} ({checkouts[name]}) | ' +

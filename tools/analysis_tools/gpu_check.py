@@ -15,9 +15,10 @@ a check fails.
    every stage output (eval and train), the input gradient and every
    parameter gradient, by relative error ``||a - b|| / ||b||`` (per tensor;
    the worst tensor is reported). Limits: :data:`TOLERANCE`.
-   With ``--device cpu`` the device run is the CPU with every fast path off
-   (``execution.fused_cpu`` and ``execution.lean_autograd`` patched to
-   False): the plain module graph against the fused and memory-lean kernels.
+   Both run the default ``fast`` kernel plan (in eval its ``deploy`` plan,
+   as tools/infer.py and tools/test.py do). With ``--device cpu`` the
+   device run is the CPU with the ``plain`` plan: the module graph as
+   written against the fast kernels (and, in eval, oneDNN's fused ones).
 2. **AMP training steps**: STViT-S with a linear classifier on the pooled
    last stage, cross-entropy on a fixed batch, ``--steps`` steps through
    mmstvit's ``DeviceAmpOptimWrapper`` (what ``tools/train.py --amp``
@@ -31,10 +32,11 @@ a check fails.
    GradScaler; slow on most CPUs).
 3. **Speed, STViT-S against mmdet's Swin-T** (benchmark.py's models and
    timing: one process, warm, interleaved rounds, medians): inference
-   images/s at 224 batch 64, one training step at 1280x800 batch 2 (seconds,
-   and the peak memory it adds: ``torch.cuda.max_memory_allocated`` on a
-   GPU, the growth of peak RSS on a CPU, indicative only in-process), in
-   float32 and in the AMP dtype.
+   images/s at 224 batch 64 (STViT's deploy plan, as benchmark.py), one
+   training step at 1280x800 batch 2 (seconds, and the peak memory it
+   adds: ``torch.cuda.max_memory_allocated`` on a GPU, the growth of peak
+   RSS on a CPU, indicative only in-process), in float32 and in the AMP
+   dtype.
 
 On a CPU, and with ``--quick``, the sizes are small (64x64 and 96x128
 images, one round): it checks the tool, not the speed, in well under a
@@ -112,21 +114,6 @@ def short(dtype):
 
 
 @contextlib.contextmanager
-def plain_ops(enabled=True):
-    """Every fast path of the backbone off (its plain module graph), as
-    tests/test_fast_paths.py's ``plain_ops`` fixture."""
-    from mmstvit.models.backbones import execution
-    saved = execution.lean_autograd, execution.fused_cpu
-    if enabled:
-        execution.lean_autograd = lambda *t: False
-        execution.fused_cpu = lambda *a, **k: False
-    try:
-        yield
-    finally:
-        execution.lean_autograd, execution.fused_cpu = saved
-
-
-@contextlib.contextmanager
 def full_fp32():
     """float32 matmuls and convolutions in float32 (no TF32 on CUDA)."""
     saved = (torch.backends.cuda.matmul.allow_tf32,
@@ -145,20 +132,30 @@ def _loss_weight(i, shape):
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def run_model(model, x, device, dtype, plain=False):
-    """Stage outputs in eval mode, then stage outputs, input gradient and
-    parameter gradients of one training forward + backward, of a copy of
-    ``model`` on ``device`` in ``dtype`` (results in float64 on the CPU)."""
-    m = copy.deepcopy(model).to(device=device, dtype=dtype)
-    xi = x.to(device=device, dtype=dtype)
+def run_model(model, x, device, dtype, plan='fast'):
+    """A copy of ``model`` on ``device`` in ``dtype`` with the kernel
+    ``plan``: its stage outputs in eval mode (with ``fast``, as
+    tools/infer.py and tools/test.py run it: the deploy plan), then the
+    stage outputs, input gradient and parameter gradients of one training
+    forward + backward (results in float64 on the CPU)."""
+    from mmstvit.engine import switch_to_deploy
+
+    def copy_on_device():
+        return copy.deepcopy(model).to(device=device,
+                                       dtype=dtype).set_kernels(plan)
 
     def host(t):
         return t.detach().to('cpu', torch.float64)
 
-    with plain_ops(plain), full_fp32():
+    xi = x.to(device=device, dtype=dtype)
+    with full_fp32():
+        m = copy_on_device()
         m.eval()
+        if plan == 'fast':
+            switch_to_deploy(m)
         with torch.no_grad():
             evals = [host(o) for o in benchmark._outputs(m(xi))]
+        m = copy_on_device()
         m.train()
         xi = xi.clone().requires_grad_()
         outs = benchmark._outputs(m(xi))
@@ -199,21 +196,21 @@ def compare_runs(a, b):
 
 
 def check_compare(device, shape, batch):
-    """Check 1: float32 on the device (or the plain ops on a CPU) against
+    """Check 1: float32 on the device (or the plain plan on a CPU) against
     float32 on the CPU, and both against float64 on the device."""
     torch.manual_seed(0)
     model = benchmark.build('stvit_s', benchmark.CLS_STOKEN)
     x = torch.randn(batch, 3, *shape)
     cpu = torch.device('cpu')
     if device.type == 'cpu':
-        target, plain = 'cpu fp32 plain ops', True
+        target, plan = 'cpu fp32 plain', 'plain'
     else:
-        target, plain = f'{device.type} fp32', False
+        target, plan = f'{device.type} fp32', 'fast'
     reference = f'{device.type} fp64'
     runs = {}
-    for name, dev, dtype, pl in ((reference, device, torch.float64, False),
-                                 ('cpu fp32', cpu, torch.float32, False),
-                                 (target, device, torch.float32, plain)):
+    for name, dev, dtype, pl in ((reference, device, torch.float64, 'fast'),
+                                 ('cpu fp32', cpu, torch.float32, 'fast'),
+                                 (target, device, torch.float32, plan)):
         log(f'compare: {name}, {shape[1]}x{shape[0]} batch {batch}')
         runs[name] = run_model(model, x, dev, dtype, pl)
     out = dict(setting=f'STViT-S {shape[1]}x{shape[0]} b{batch}',
@@ -342,6 +339,7 @@ def check_speed(device, st, amp_dtype):
     """Check 3: inference img/s and training step seconds with peak memory,
     STViT-S and Swin-T, in float32 and ``amp_dtype``, with benchmark.py's
     models and timing."""
+    from mmstvit.engine import switch_to_deploy
     res = {}
     (ishape, ibatch), (tshape, tbatch) = st['infer'], st['train']
     for amp in (False, amp_dtype):
@@ -352,6 +350,7 @@ def check_speed(device, st, amp_dtype):
                 name, benchmark.stoken_for(name, benchmark.CLS_STOKEN))
             model.to(device)
             model.eval()
+            switch_to_deploy(model)  # STViT: as infer.py / test.py run it
             x = torch.randn(ibatch, 3, *ishape, device=device)
             fns[name] = benchmark.inference_fn(model, x, device, amp)
         log(f'speed {precision}: inference {ishape[1]}x{ishape[0]} '
