@@ -153,6 +153,10 @@ def _outputs(out):
 
 
 def autocast(device, amp):
+    """Autocast for ``amp``: False (off), True (fp16, the ``--amp`` of this
+    benchmark) or a dtype (``torch.bfloat16`` for CPU AMP in gpu_check)."""
+    if isinstance(amp, torch.dtype):
+        return torch.autocast(device.type, dtype=amp)
     return torch.autocast(device.type, dtype=torch.float16, enabled=amp)
 
 
@@ -251,20 +255,26 @@ def _child_peak(name, device, shape, batch, official, threads, amp, queue):
     model = build(name, stoken_for(name, DET_STOKEN), official).to(device)
     model.train()
     x = torch.randn(batch, 3, *shape, device=device)
-    step = train_step_fn(model, x, device, amp)
+    queue.put(step_peak_mib(train_step_fn(model, x, device, amp), device))
+
+
+def step_peak_mib(step, device):
+    """MiB one call of ``step`` adds at its peak: on CUDA
+    ``torch.cuda.max_memory_allocated`` above what was allocated before it,
+    on CPU the growth of the process's peak resident memory (VmHWM; memory
+    the allocator kept from earlier work is reused and not counted, hence
+    the fresh process of :func:`peak_memory`)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         step()
         torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        before = _rss_kib()
-        _reset_peak_rss()
-        step()
-        peak = max(_peak_rss_kib() - before, 0) / 1024.
-    queue.put(peak)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    before = _rss_kib()
+    _reset_peak_rss()
+    step()
+    return max(_peak_rss_kib() - before, 0) / 1024.
 
 
 def _reset_peak_rss():
