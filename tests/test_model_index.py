@@ -26,28 +26,54 @@ CLASSIFIERS = [
     f'stvit-{a}_{s}' for a in ('small', 'base', 'large')
     for s in ('8xb128_in1k', '8xb64_in1k-384')
 ]
+# the paper's ablation rows (configs/ablations/): top-1, box / mask AP, mIoU
+ABLATIONS = {
+    'sta4stage': (82.3, 43.6, 40.1, 46.0),
+    'convstem': (82.6, 44.6, 41.1, 46.9),
+    'projection': (82.9, 44.6, 41.2, 47.0),
+    'cpe': (83.3, 46.8, 42.5, 47.7),
+    'ape': (83.1, 45.2, 41.5, 47.3),
+    'rpe': (83.2, 45.6, 41.8, 47.5),
+    'noshortcut': (83.4, 47.5, 43.0, 48.4),
+}
+for row, (top1, box, mask, miou) in ABLATIONS.items():
+    PAPER.update({
+        f'configs/ablations/stvit_s_{row}_in1k_224.py': {
+            'Top 1 Accuracy': top1},
+        f'configs/ablations/mask_rcnn_stvit_s_{row}_1x.py': {
+            'box AP': box, 'mask AP': mask},
+        f'configs/ablations/upernet_stvit_s_{row}_160k_ade20k.py': {
+            'mIoU': miou},
+    })
 
 
 def test_model_index_covers_every_config_once():
     with open(model_index.MODEL_INDEX) as f:
         index = yaml.safe_load(f)
     metafiles = index['Import']
-    assert len(metafiles) == 6
+    assert len(metafiles) == 7
     assert all(osp.isfile(osp.join(REPO, m)) for m in metafiles)
     models = model_index.load_models()
     configs = [m.config for m in models]
     expected = sorted(
         osp.relpath(p, REPO)
-        for p in glob.glob(osp.join(REPO, 'configs', '*.py')))
+        for pattern in ('*.py', 'ablations/*.py')
+        for p in glob.glob(osp.join(REPO, 'configs', pattern)))
     assert sorted(configs) == expected  # every paper row, each once
     names = [m.name for m in models]
     assert len(set(names)) == len(names)
     for m in models:
         assert m.in_collection and m.metadata.parameters > 1e6
         assert m.metadata.flops > 1e9
-        conv = m.data['Converted From']
-        assert 'drive.google.com' in conv['Weights']
-        assert conv['Code'] == 'https://github.com/hhb072/STViT'
+        if m.config.startswith('configs/ablations/'):
+            # the ablation rows have no weights anywhere, and each has the
+            # paper's result
+            assert 'Converted From' not in m.data, m.name
+            assert m.config in PAPER, m.name
+        else:
+            conv = m.data['Converted From']
+            assert 'drive.google.com' in conv['Weights']
+            assert conv['Code'] == 'https://github.com/hhb072/STViT'
         # the peers' protocols (not in the paper) have no results yet
         metrics = {k: v for r in m.results or [] for k, v in r.metrics.items()}
         if m.config in PAPER:
