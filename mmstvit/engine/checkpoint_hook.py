@@ -30,7 +30,6 @@ It takes every argument of ``CheckpointHook`` (``interval``, ``by_epoch``,
   iteration (it did in the interrupted run, it does not after the resume).
 """
 import functools
-import logging
 import os.path as osp
 from typing import Optional
 
@@ -98,7 +97,8 @@ class ResumableCheckpointHook(CheckpointHook):
         out = self.out_dir
         if out is None or out == runner.work_dir:
             return runner.work_dir
-        return osp.join(str(out), osp.basename(runner.work_dir.rstrip(osp.sep)))
+        return osp.join(
+            str(out), osp.basename(runner.work_dir.rstrip(osp.sep)))
 
     def before_run(self, runner) -> None:
         if not getattr(runner, '_resume', False):

@@ -97,9 +97,28 @@ def set_loader_seeds(loader, seeds: dict) -> bool:
     return changed
 
 
+#: where batch samplers keep indices from one batch to the next (mmdet's
+#: aspect-ratio grouping: ``AspectRatioBatchSampler`` and its kin,
+#: ``MultiDataAspectRatioBatchSampler``)
+_BUCKETS = ('_aspect_ratio_buckets', '_buckets')
+
+
+def _empty_buckets(batch_sampler) -> None:
+    """Empties the index buckets of a batch sampler whose iterator was
+    dropped while it held them (the grouping generator is left between
+    ``yield bucket`` and ``del bucket[:]``: a full bucket would never yield
+    again, and the infinite sampler would be read forever)."""
+    for name in _BUCKETS:
+        buckets = getattr(batch_sampler, name, None)
+        if isinstance(buckets, list) and all(
+                isinstance(b, list) for b in buckets):
+            setattr(batch_sampler, name, [[] for _ in buckets])
+
+
 def renew_iter_loop_iterator(loop) -> None:
     """A new data iterator for an ``IterBasedTrainLoop`` (its first was made
-    when the loop was built, with the seeds of that moment)."""
+    when the loop was built, with the seeds of that moment, and with
+    workers has read its first batches already)."""
     from mmengine.runner.loops import _InfiniteDataloaderIterator
     loader = loop.dataloader
     old = getattr(loop.dataloader_iterator, '_iterator', None)
@@ -108,6 +127,7 @@ def renew_iter_loop_iterator(loop) -> None:
     shutdown = getattr(old, '_shutdown_workers', None)
     if shutdown is not None:
         shutdown()
+    _empty_buckets(getattr(loader, 'batch_sampler', None))
     loop.dataloader_iterator = _InfiniteDataloaderIterator(loader)
 
 

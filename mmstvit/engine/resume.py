@@ -38,9 +38,10 @@ class ResumeError(RuntimeError):
 
 
 def _reason(e: BaseException) -> str:
+    """The error under ``e``, its first sentence."""
     cause = e.__cause__ if e.__cause__ is not None else e
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else ''
-    return f'{type(cause).__name__}: {text[:200]}'
+    return f'{type(cause).__name__}: {text.split(". ")[0][:200]}'
 
 
 def read_checkpoint(path: str):
@@ -70,6 +71,13 @@ def read_checkpoint(path: str):
         return None, ('it is not a checkpoint of an mm training run (no '
                       '"state_dict" and "meta")')
     return ckpt, None
+
+
+def checkpoint_seed(path: str) -> Optional[int]:
+    """The random seed of the run that saved ``path`` (None if unknown)."""
+    ckpt, _ = read_checkpoint(path)
+    seed = (ckpt or {}).get('meta', {}).get('seed', None)
+    return int(seed) if isinstance(seed, int) else None
 
 
 def checkpoint_problem(path: str) -> Optional[str]:
@@ -269,8 +277,11 @@ def _model_problems(saved: dict, model) -> List[str]:
 
 def _groups(sizes: List[int]) -> str:
     n = len(sizes)
-    return (f'{n} parameter group{"s" if n != 1 else ""} of '
-            f'{"/".join(str(s) for s in sizes)} parameters')
+    text = (f'{n} parameter group{"s" if n != 1 else ""} with {sum(sizes)} '
+            'parameters')
+    if 1 < n <= 4:
+        text += f' ({"/".join(str(s) for s in sizes)})'
+    return text
 
 
 def _optimizer_problems(saved, optim_wrapper) -> List[str]:
