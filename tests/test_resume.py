@@ -29,9 +29,9 @@ import torch
 from mmstvit.utils.checkpoint import load_checkpoint_file
 
 from helpers import REPO
-from test_tools import (CLS_CFG, DET_CFG, TINY_ARCH, _mmpretrain_ready,
-                        assert_clean_exit, run)
-from test_tools import seg_case  # noqa: F401 (a fixture)
+from test_tools import (CLS_CFG, DET_CFG, SCRATCH, TINY_ARCH,
+                        _mmpretrain_ready, assert_clean_exit, run)
+from test_tools import keep_local_rank, seg_case, train_tool  # noqa: F401
 
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 
@@ -323,20 +323,27 @@ def test_killed_while_saving_leaves_no_torn_checkpoint(seg_runs, seg_case):
     assert_same_weights(full / 'iter_4.pth', work / 'iter_4.pth')
 
 
-def test_resume_of_a_file_that_does_not_load(seg_runs, seg_case):
+def test_resume_of_a_file_that_does_not_load(seg_runs, seg_case, train_tool,
+                                             keep_local_rank):
+    """Stopped before anything is built (in this process: the tool's
+    exit message)."""
     root, _ = seg_case
     cfg, full, _ = seg_runs[0]
     work = root / 'seg_torn'
     resume_from_copy(work, full / 'iter_2.pth', 'iter_2.pth')
     data = (full / 'iter_4.pth').read_bytes()
     (work / 'iter_4.pth').write_bytes(data[:len(data) // 2])
-    proc = train(cfg, work, root, '--resume', str(work / 'iter_4.pth'))
-    assert_clean_exit(
-        proc, f'cannot resume from {work / "iter_4.pth"}: it is not a '
-        'complete PyTorch file',
-        f'The newest checkpoint that loads is {work / "iter_2.pth"} '
-        f'(epoch 0, iteration 2): resume from it with --resume '
-        f'{work / "iter_2.pth"}')
+    with pytest.raises(SystemExit) as e:
+        train_tool.main([str(cfg), '--work-dir', str(work), '--resume',
+                         str(work / 'iter_4.pth')] + SCRATCH)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    assert str(e.value).splitlines() == [
+        f'mmstvit: cannot resume from {work / "iter_4.pth"}: it is not a '
+        'complete PyTorch file (RuntimeError: PytorchStreamReader failed '
+        'reading zip archive: failed finding central directory); a process '
+        'killed while writing it leaves such a file.',
+        f'The newest checkpoint that loads is {work / "iter_2.pth"} (epoch 0,'
+        f' iteration 2): resume from it with --resume {work / "iter_2.pth"}']
     assert sorted(os.listdir(work)) == ['iter_2.pth', 'iter_4.pth']
 
 

@@ -134,7 +134,7 @@ class ResumableCheckpointHook(CheckpointHook):
                     runner.cfg.pretty_text if runner.cfg else None))
         if not self.exact_resume:
             return
-        self._resumed = checkpoint.get(STATE_KEY, None)
+        self._resumed = rng_state.on_cpu(checkpoint.get(STATE_KEY, None))
         if self._resumed is None:
             runner.logger.warning(
                 f'mmstvit: {self._resume_path or "the checkpoint"} holds no '

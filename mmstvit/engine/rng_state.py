@@ -79,6 +79,18 @@ def restore(state: dict) -> Optional[str]:
     return None
 
 
+def on_cpu(obj):
+    """``obj`` with its tensors on the CPU (``Runner.resume`` loads a
+    checkpoint onto the GPU; worker processes must not touch CUDA)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def describe(state: dict) -> str:
     """What a state holds, for log lines: 'Python, numpy, torch CPU'."""
     parts = ['Python', 'numpy', 'torch CPU']
