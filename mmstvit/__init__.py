@@ -11,13 +11,16 @@ each toolbox gets mmstvit's modules registered when it is itself imported
 replaced by mmstvit's weights-only reader when mmengine imports them (see
 :mod:`mmstvit.utils.checkpoint`). ``LayerDecayOptimWrapperConstructor``
 (layer-wise learning-rate decay) is in mmengine's root
-``OPTIM_WRAPPER_CONSTRUCTORS`` the same way, and ``ResumableCheckpointHook``
+``OPTIM_WRAPPER_CONSTRUCTORS`` the same way, ``DeviceAmpOptimWrapper``
+(``--amp``: mmengine's AmpOptimWrapper on a GPU, bfloat16 autocast on a
+CPU) in its root ``OPTIM_WRAPPERS``, and ``ResumableCheckpointHook``
 (checkpoints a crash cannot tear, resumes that continue bit for bit) in its
 root ``HOOKS``: ``default_hooks = dict(checkpoint=dict(
 type='ResumableCheckpointHook'))``.
 """
 from .version import __version__
-from .engine import LayerDecayOptimWrapperConstructor, ResumableCheckpointHook
+from .engine import (DeviceAmpOptimWrapper, LayerDecayOptimWrapperConstructor,
+                     ResumableCheckpointHook)
 from .models import STViT, StokenAttention
 from .model_index import _register_model_index
 from .registry import install_hooks, when_imported
@@ -37,5 +40,6 @@ when_imported('mmengine.runner.checkpoint', _safe_mmengine_loaders)
 
 __all__ = [
     '__version__', 'STViT', 'StokenAttention',
-    'LayerDecayOptimWrapperConstructor', 'ResumableCheckpointHook'
+    'LayerDecayOptimWrapperConstructor', 'DeviceAmpOptimWrapper',
+    'ResumableCheckpointHook'
 ]

@@ -4,11 +4,12 @@
 One entry point for the three toolboxes: the config's ``default_scope``
 says which. Same flags and behaviour as each toolbox's ``tools/train.py``,
 plus: missing pretrained weights stop the run at once with a clear message,
-``--amp`` says plainly when this machine cannot do it, distributed runs
-also work with CPU processes (gloo) when there is no GPU, and checkpoints
-are written by ``ResumableCheckpointHook`` (atomic files; ``--resume``
-continues bit for bit, says which file it resumes from and why a file does
-not do).
+``--amp`` also trains on a CPU (bfloat16 autocast; mmengine's
+AmpOptimWrapper with fp16 and dynamic loss scaling on a GPU), distributed
+runs also work with CPU processes (gloo) when there is no GPU, and
+checkpoints are written by ``ResumableCheckpointHook`` (atomic files;
+``--resume`` continues bit for bit, says which file it resumes from and why
+a file does not do).
 
 Examples::
 
@@ -45,7 +46,10 @@ def parse_args(argv=None):
         '--amp',
         action='store_true',
         default=False,
-        help='enable automatic-mixed-precision training (needs a GPU)')
+        help='automatic mixed precision: on a GPU mmengine\'s AmpOptimWrapper '
+        '(fp16 autocast, dynamic loss scaling); on a CPU bfloat16 autocast '
+        'without loss scaling (optim_wrapper.dtype=float16 gives fp16 with '
+        'a GradScaler, slow on most CPUs). See mmstvit/engine/amp.py')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -129,11 +133,7 @@ def check_before_build(cfg):
     """Stops (exit code 1, no traceback) on what would fail later."""
     if cfg.get('resume', False):
         keep_seed_of_resumed_run(cfg)
-    optim_wrapper = cfg.get('optim_wrapper', None) or {}
-    if optim_wrapper.get('type', None) == 'AmpOptimWrapper':
-        reason = launch.amp_unavailable_reason()
-        if reason:
-            raise SystemExit(reason)
+    launch.check_amp(cfg)
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
         raise SystemExit(launch.missing_pretrained_message(missing))
