@@ -23,8 +23,8 @@ It takes every argument of ``CheckpointHook`` (``interval``, ``by_epoch``,
 * **Exact resume** (``exact_resume=True``): each checkpoint holds every
   process's random states (Python, numpy, torch CPU and CUDA), the loader's
   seeds, the position in the epoch and the states of persistent data
-  workers (about 15 KB per process); a resumed run restores them just
-  before its first batch (:mod:`mmstvit.engine.loader_state`).
+  workers (about 16 KB per process and per worker); a resumed run restores
+  them just before its first batch (:mod:`mmstvit.engine.loader_state`).
   Validation runs on its own copy of the random states, so the training
   stream does not depend on whether a validation ran before the next
   iteration (it did in the interrupted run, it does not after the resume).
