@@ -12,6 +12,11 @@ replaced by mmstvit's weights-only reader when mmengine imports them (see
 :mod:`mmstvit.utils.checkpoint`). ``LayerDecayOptimWrapperConstructor``
 (layer-wise learning-rate decay) is in mmengine's root
 ``OPTIM_WRAPPER_CONSTRUCTORS`` the same way.
+
+It also teaches mmengine the ``mmstvit::`` config scope
+(``_base_ = 'mmstvit::mask_rcnn/mask_rcnn_stvit_s_1x.py'``; see
+``_mmstvit_scope``, which an installed mmstvit already runs at start-up) and
+finds its configs, tools and model index (see :mod:`mmstvit.mim`).
 """
 from .version import __version__
 from .engine import LayerDecayOptimWrapperConstructor
@@ -21,6 +26,13 @@ from .registry import install_hooks, when_imported
 
 install_hooks()
 when_imported('mmpretrain', _register_model_index)
+
+try:  # beside the package: in site-packages, or the checkout's root
+    import _mmstvit_scope
+except ImportError:  # a copy of the package alone: no mmstvit:: scope
+    pass
+else:
+    _mmstvit_scope.install()
 
 
 def _safe_mmengine_loaders(_module):
