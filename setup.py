@@ -138,7 +138,7 @@ SETUP = dict(
     long_description=open(osp.join(HERE, 'README.md'), encoding='utf-8').read()
     if osp.exists(osp.join(HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
-    license='Apache License 2.0',
+    license='Apache-2.0',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
     py_modules=['_mmstvit_scope'],
     python_requires='>=3.8',
@@ -150,7 +150,6 @@ SETUP = dict(
     entry_points={'console_scripts': ['mmstvit = mmstvit.__main__:main']},
     cmdclass={'build_py': BuildPy, 'develop': Develop},
     classifiers=[
-        'License :: OSI Approved :: Apache Software License',
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
