@@ -11,7 +11,9 @@ each toolbox gets mmstvit's modules registered when it is itself imported
 replaced by mmstvit's weights-only reader when mmengine imports them (see
 :mod:`mmstvit.utils.checkpoint`). ``LayerDecayOptimWrapperConstructor``
 (layer-wise learning-rate decay) is in mmengine's root
-``OPTIM_WRAPPER_CONSTRUCTORS`` the same way.
+``OPTIM_WRAPPER_CONSTRUCTORS`` the same way, and ``DeviceAmpOptimWrapper``
+(``--amp``: mmengine's AmpOptimWrapper on a GPU, bfloat16 autocast on a
+CPU) in its root ``OPTIM_WRAPPERS``.
 
 It also teaches mmengine the ``mmstvit::`` config scope
 (``_base_ = 'mmstvit::mask_rcnn/mask_rcnn_stvit_s_1x.py'``; see
@@ -19,7 +21,7 @@ It also teaches mmengine the ``mmstvit::`` config scope
 finds its configs, tools and model index (see :mod:`mmstvit.mim`).
 """
 from .version import __version__
-from .engine import LayerDecayOptimWrapperConstructor
+from .engine import DeviceAmpOptimWrapper, LayerDecayOptimWrapperConstructor
 from .models import STViT, StokenAttention
 from .model_index import _register_model_index
 from .registry import install_hooks, when_imported
@@ -46,5 +48,5 @@ when_imported('mmengine.runner.checkpoint', _safe_mmengine_loaders)
 
 __all__ = [
     '__version__', 'STViT', 'StokenAttention',
-    'LayerDecayOptimWrapperConstructor'
+    'LayerDecayOptimWrapperConstructor', 'DeviceAmpOptimWrapper'
 ]

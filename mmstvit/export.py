@@ -17,11 +17,12 @@ torch's exporter (see :data:`DETECTOR_REASON`).
 The inputs are the tensors after the model's data preprocessor: float NCHW
 RGB, normalised with the config's mean and std, padded as the config pads.
 
-The export runs the backbone's plain graph: the 3x3 super-token
-neighbourhoods are gathered with slices and scattered with pads, not with
-the authors' identity-kernel convolutions, which cost 9x the multiply-adds
-of a copy (``reference_graph=True`` exports those, as FLOP counters see
-them).
+The export traces the backbone's ``plain`` kernel plan (plain ops, no
+in-place updates, static shapes; :mod:`mmstvit.models.backbones.execution`):
+the 3x3 super-token neighbourhoods are gathered with slices and scattered
+with pads, not with the authors' identity-kernel convolutions, which cost 9x
+the multiply-adds of a copy (``reference=True`` exports those, the
+``reference`` plan that FLOP counters see).
 """
 import contextlib
 import os
@@ -55,11 +56,12 @@ PARTS = {
 }
 
 
-def reference_graph(enabled: bool):
-    """Traces the backbone's reference graph (the authors' identity-kernel
-    convolutions) or its plain one, restoring the setting afterwards."""
-    from mmstvit.models.backbones import execution
-    return execution.reference_graph_when_tracing(enabled)
+def reference_graph(module: nn.Module, enabled: bool):
+    """Every STViT in ``module`` runs its ``reference`` plan (the authors'
+    identity-kernel convolutions) or its ``plain`` one for a ``with``
+    block; each gets its own plan back afterwards."""
+    from mmstvit.models.backbones.execution import use_kernels
+    return use_kernels(module, 'reference' if enabled else 'plain')
 
 
 def _bin_matrix(n: int, bins: int, dtype, device) -> torch.Tensor:
@@ -232,7 +234,7 @@ def export_onnx(module: nn.Module,
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     start = time.time()
     with warnings.catch_warnings(record=True) as caught, \
-            reference_graph(reference), exportable_pools(module), \
+            reference_graph(module, reference), exportable_pools(module), \
             torch.no_grad():
         warnings.simplefilter('always')
         torch.onnx.export(

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mmstvit.engine.deploy import switch_to_deploy
+
 TASKS = ('mmdet', 'mmseg', 'mmpretrain')
 TASK_NAMES = dict(
     mmdet='detection', mmseg='semantic segmentation',
@@ -251,6 +253,7 @@ def _det(cfg, images, weights, device, out_dir, score_thr):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(
         model=cfg, weights=weights, device=device, show_progress=False)
+    switch_to_deploy(inferencer.model)
     classes = _fix_det_meta(inferencer, cfg)
     results = []
     for img in images:
@@ -282,6 +285,7 @@ def _seg(cfg, images, weights, device, out_dir):
     from PIL import Image
     inferencer = MMSegInferencer(model=cfg, weights=weights, device=device)
     model = inferencer.model
+    switch_to_deploy(model)
     meta = dict(getattr(model, 'dataset_meta', None) or {})
     n = _num_classes(model, 'mmseg')
     classes = choose_classes(meta.get('classes'), cfg, 'mmseg', n)
@@ -320,6 +324,7 @@ def _cls(cfg, images, weights, device, out_dir, topk=5):
     from mmpretrain.apis import ImageClassificationInferencer
     inferencer = ImageClassificationInferencer(
         model=cfg, pretrained=weights or False, device=device)
+    switch_to_deploy(inferencer.model)
     n = _num_classes(inferencer.model, 'mmpretrain')
     inferencer.classes = choose_classes(inferencer.classes, cfg, 'mmpretrain',
                                         n)

@@ -10,7 +10,7 @@ message. The old import path ``mmstvit.utils.launch`` is this module.
   that toolbox's modules;
 * finding pretrained checkpoints a config names that are not on disk, so the
   tools stop with a clear message before building anything;
-* whether automatic mixed precision can run here;
+* automatic mixed precision (``--amp``) on the device there is;
 * distributed runs with CPU processes (gloo), which mmengine 0.10.7 cannot
   start by itself: its ``init_dist`` calls ``torch.cuda.set_device``
   unconditionally (an ``AttributeError`` on a CPU build of torch) and its
@@ -262,43 +262,87 @@ def missing_pretrained_message(missing,
 
 
 def amp_unavailable_reason() -> Optional[str]:
-    """None where mmengine's ``AmpOptimWrapper`` can run, else why not.
+    """None where mmengine's own ``AmpOptimWrapper`` can run, else why not
+    and what to use instead.
 
     mmengine 0.10.7's ``AmpOptimWrapper`` asserts that CUDA, NPU, MLU or MUSA
-    is available (its ``torch.cuda.amp.GradScaler`` has no CPU path), so
-    ``--amp`` cannot train on a CPU, not even with bfloat16 autocast.
+    is available; mmstvit's ``DeviceAmpOptimWrapper`` (what ``--amp``
+    selects, :mod:`mmstvit.engine.amp`) is the same wrapper on those devices
+    and runs bfloat16 autocast on a CPU.
     """
     from mmengine.device import (is_cuda_available, is_mlu_available,
                                  is_musa_available, is_npu_available)
     if is_cuda_available() or is_npu_available() or is_mlu_available() or \
             is_musa_available():
         return None
-    return ('mmstvit: --amp (AmpOptimWrapper) needs a CUDA GPU (or an NPU, '
-            'MLU or MUSA device), and none is available here '
-            f'(torch {torch.__version__}, torch.cuda.is_available() = '
-            f'{torch.cuda.is_available()}). mmengine 0.10.7 runs mixed '
-            'precision training only on such devices. Train in fp32 on this '
-            'machine by leaving out --amp (and keep '
-            "optim_wrapper.type='OptimWrapper'), or run on a GPU machine "
-            'with a CUDA build of torch.')
+    return ("mmstvit: optim_wrapper.type='AmpOptimWrapper' (mmengine's) "
+            'needs a CUDA GPU (or an NPU, MLU or MUSA device), and none is '
+            f'available here (torch {torch.__version__}, '
+            f'torch.cuda.is_available() = {torch.cuda.is_available()}). '
+            'For mixed precision on this CPU (bfloat16 autocast) add --amp, '
+            "or set optim_wrapper.type='DeviceAmpOptimWrapper' (mmstvit's: "
+            "mmengine's AmpOptimWrapper on a GPU); to train in float32 use "
+            "optim_wrapper.type='OptimWrapper'.")
+
+
+#: what ``--amp`` selects: mmengine's AmpOptimWrapper on accelerators,
+#: bfloat16 autocast on a CPU (:mod:`mmstvit.engine.amp`)
+AMP_WRAPPER = 'DeviceAmpOptimWrapper'
 
 
 def apply_amp(cfg) -> None:
-    """``--amp``: switches ``OptimWrapper`` to ``AmpOptimWrapper``."""
+    """``--amp``: switches ``OptimWrapper`` to ``DeviceAmpOptimWrapper``
+    (dynamic loss scaling where there is a loss scale to keep); a config's
+    own ``AmpOptimWrapper`` stays where mmengine can run it and becomes
+    ``DeviceAmpOptimWrapper`` where it cannot (a CPU)."""
     from mmengine.logging import print_log
-    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper == 'AmpOptimWrapper':
+    wrapper = str(cfg.optim_wrapper.get('type', 'OptimWrapper'))
+    name = wrapper.split('.')[-1]
+    if name == AMP_WRAPPER or (name == 'AmpOptimWrapper'
+                               and amp_unavailable_reason() is None):
         print_log(
             'AMP training is already enabled in your config.',
             logger='current',
             level=30)
         return
-    if wrapper != 'OptimWrapper':
+    if name == 'AmpOptimWrapper':
+        print_log(
+            f"mmstvit: --amp on a machine without a GPU: the config's "
+            f'AmpOptimWrapper runs as {AMP_WRAPPER} (bfloat16 autocast on '
+            'the CPU)',
+            logger='current',
+            level=30)
+        cfg.optim_wrapper.type = AMP_WRAPPER
+        return
+    if name != 'OptimWrapper':
         raise ToolError(
             f'mmstvit: --amp works with optim_wrapper.type=OptimWrapper, '
             f'but the config uses {wrapper!r}.')
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.type = AMP_WRAPPER
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def check_amp(cfg) -> None:
+    """Raises :class:`ToolError` before anything is built when the config's
+    mixed precision cannot run on this machine: mmengine's
+    ``AmpOptimWrapper`` without an accelerator, or a ``dtype`` that
+    ``DeviceAmpOptimWrapper`` cannot autocast to here."""
+    optim_wrapper = cfg.get('optim_wrapper', None) or {}
+    name = str(optim_wrapper.get('type', '')).split('.')[-1]
+    if name == 'AmpOptimWrapper':
+        reason = amp_unavailable_reason()
+        if reason:
+            raise ToolError(reason)
+    elif name == AMP_WRAPPER:
+        from mmengine.device import get_device
+
+        from mmstvit.engine.amp import amp_plan
+        try:
+            amp_plan(
+                optim_wrapper.get('device_type', None) or get_device(),
+                optim_wrapper.get('dtype', None))
+        except (ValueError, TypeError) as e:
+            raise ToolError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------

@@ -78,9 +78,9 @@ def test_tiny_backbone_graph(reference, tmp_path):
     assert [r['shape'] for r in rows] == [(2, 16, 13, 19), (2, 32, 7, 10),
                                           (2, 48, 4, 5), (2, 64, 2, 3)]
     assert max(r['relative'] for r in rows) < 1e-4, rows
-    # the flag is restored
+    # the model's own plan is restored after the export
     from mmstvit.models.backbones import execution
-    assert execution.reference_graph_enabled() is True
+    assert model.kernels is execution.FAST
 
 
 def test_comparison_can_fail(tmp_path):

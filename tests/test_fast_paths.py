@@ -1,16 +1,25 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""The backbone's fast paths compute what the plain module graph computes.
+"""Every kernel plan computes what the plain module graph computes, in every
+precision a GPU run takes, checked here on the CPU through the same code.
 
-* training: GELU -> depthwise conv (every ConvFFN) and the stem's
-  GELU -> BatchNorm are custom autograd functions that keep the GELU input
-  and recompute its output in backward. Same outputs, gradients and
-  BatchNorm statistics as the plain ops; fewer saved bytes.
-* CPU inference: oneDNN convolutions with GELU as post-op, residuals added
-  in place, layer scale folded into the projections. Same outputs; the
-  caller's input is never written.
-* torch.compile runs the plain ops (no oneDNN calls in the graph).
+* The precision matrix: the ``fast`` plan against the ``plain`` one in fp32,
+  bf16 autocast and fp16 autocast (CPU autocast runs the dtype logic of CUDA
+  AMP), train and eval, with ``with_cp``, ``frozen_stages``, ``norm_eval``,
+  drop path and ``channels_last`` on and off: outputs, input and parameter
+  gradients, BatchNorm statistics.
+* Models cast with ``.half()`` / ``.bfloat16()``: inference in that dtype
+  close to float32's, in every plan.
+* ``with_cp`` changes nothing but memory: the same outputs, gradients and
+  BatchNorm running statistics (``num_batches_tracked`` too).
+* The memory-lean autograd functions: gradcheck, BatchNorm statistics, the
+  bytes autograd keeps.
+* ``deploy``: the fast plan's outputs, inference only, its oneDNN kernels
+  decided when it is switched and again when it moves or is cast.
+* ``torch.compile``: one graph with eager's values and gradients, the
+  neighbourhoods as opaque operators.
 """
 import copy
+import itertools
 
 import pytest
 import torch
@@ -42,18 +51,213 @@ def tiny(**kw):
     return m
 
 
-@pytest.fixture
-def plain_ops(monkeypatch):
-    """Turns every fast path off: the modules run their plain ops."""
-
-    def use():
-        monkeypatch.setattr(execution, 'lean_autograd', lambda *t: False)
-        monkeypatch.setattr(execution, 'fused_cpu', lambda *a, **k: False)
-
-    return use
+def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 0.) -> float:
+    """||a - b|| / max(||b||, floor) in float64 (``floor``: a scale under
+    which ``b`` counts as zero, such as the gradient of a convolution's bias
+    that a training-mode BatchNorm follows)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / max(b.norm().item(), floor, 1e-30)).item()
 
 
-# --------------------------------------------------------------- training --
+# ------------------------------------------------ the precision matrix --
+# dtype under autocast (None: fp32) and tolerance (relative norm); and the
+# fraction of the largest gradient's norm under which a gradient counts as
+# zero (the bias of a convolution that a training-mode BatchNorm follows:
+# its true gradient is 0, what is computed is rounding noise)
+PRECISIONS = {
+    'fp32': (None, 1e-5, 1e-3),
+    'bf16': (torch.bfloat16, 0.02, 1e-2),
+    'fp16': (torch.float16, 0.005, 1e-2),
+}
+SETTINGS = {
+    'default': dict(),
+    'with_cp': dict(with_cp=True),
+    'frozen_stages': dict(frozen_stages=1),
+    'norm_eval': dict(norm_eval=True),
+    'drop_path': dict(drop_path_rate=0.3),
+    'nchw': dict(channels_last=False),
+}
+
+
+def run_step(model, x, train, dtype):
+    """One forward (+ backward of a weighted sum in float32, as AMP does
+    with the loss) of ``model`` on ``x``; returns outputs, input gradient,
+    parameter gradients and buffers."""
+    model.train(train)
+    torch.manual_seed(1)  # the same drop-path masks for every plan
+    xi = x.clone().requires_grad_(train)
+    with torch.autocast('cpu', dtype=dtype or torch.bfloat16,
+                        enabled=dtype is not None):
+        outs = model(xi)
+    if train:
+        loss = sum((o.float() * torch.linspace(-1, 1, o.numel()).view_as(o))
+                   .sum() for o in outs)
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()
+             if p.grad is not None}
+    bufs = {n: b.clone() for n, b in model.named_buffers()}
+    return [o.detach().float() for o in outs], xi.grad, grads, bufs
+
+
+def plain_copy(model):
+    """The model as the plain module graph, without checkpointing."""
+    plain = copy.deepcopy(model).set_kernels('plain')
+    plain.with_cp = False
+    for stage in plain.layers:
+        stage.with_cp = False
+    return plain
+
+
+@pytest.mark.parametrize('precision,setting,train', [
+    (p, s, t) for p, s, t in itertools.product(PRECISIONS, SETTINGS,
+                                               (True, False))
+    # eval runs no backward: with_cp and drop path do nothing there
+    if t or s not in ('with_cp', 'drop_path')
+])
+def test_fast_plan_equals_plain_graph(precision, setting, train):
+    """fp32: the fast plan equals the plain graph within 1e-5. Autocast:
+    both run in the low precision; the fast plan's error against the plain
+    graph in fp32 is at most twice the plain graph's own error in that
+    precision plus the tolerance (it rounds in other places, not more)."""
+    dtype, tol, zero = PRECISIONS[precision]
+    fast = tiny(**SETTINGS[setting])
+    plain = plain_copy(fast)
+    ref32 = plain_copy(fast) if dtype is not None else None
+    x = torch.randn(2, 3, 70, 52)  # padded super token grids too
+    f = run_step(fast, x, train, dtype)
+    p = run_step(plain, x, train, dtype)
+    r = run_step(ref32, x, train, None) if ref32 is not None else None
+
+    def check(a, b, ref, floor=0., what=''):
+        if ref is None:
+            assert rel_err(a, b, floor) < max(tol, 1e-4 if floor else 0), \
+                what
+        else:
+            assert rel_err(a, ref, floor) <= \
+                2 * rel_err(b, ref, floor) + tol, what
+
+    for i, (u, v) in enumerate(zip(f[0], p[0])):
+        assert u.shape == v.shape and torch.isfinite(u).all()
+        check(u, v, r and r[0][i], what=f'output {i}')
+    if not train:
+        return
+    check(f[1], p[1], r and r[1], what='input gradient')
+    grads_f, grads_p = f[2], p[2]
+    assert grads_f.keys() == grads_p.keys() and grads_f
+    frozen = [n for n, q in fast.named_parameters() if not q.requires_grad]
+    assert bool(frozen) == (setting == 'frozen_stages')
+    assert not any(n in grads_f for n in frozen)
+    floor = zero * max(g.norm().item() for g in grads_p.values())
+    for name in grads_f:
+        check(grads_f[name], grads_p[name], r and r[2][name], floor, name)
+    for name, buf in f[3].items():  # BatchNorm statistics
+        if buf.is_floating_point():
+            check(buf, p[3][name], r and r[3][name], what=name)
+        else:
+            assert torch.equal(buf, p[3][name]), name
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_with_cp_changes_nothing_but_memory(momentum):
+    """Outputs, gradients and every BatchNorm statistic of two training
+    steps are those of the model without activation checkpointing (the
+    recomputation in backward used to update the statistics again:
+    num_batches_tracked 2 instead of 1 after one step)."""
+    ref = tiny(drop_path_rate=0.2)
+    for mod in ref.modules():
+        if isinstance(mod, _BatchNorm):
+            mod.momentum = momentum
+    cp = copy.deepcopy(ref)
+    for stage in cp.layers:
+        stage.with_cp = True
+    x = torch.randn(2, 3, 64, 48)
+    for _ in range(2):
+        a = run_step(ref, x, True, None)
+        b = run_step(cp, x, True, None)
+    for u, v in zip(a[0], b[0]):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
+    for name in a[2]:
+        torch.testing.assert_close(a[2][name], b[2][name], rtol=1e-4,
+                                   atol=1e-6, msg=name)
+    for name in a[3]:
+        torch.testing.assert_close(a[3][name], b[3][name], rtol=1e-5,
+                                   atol=1e-7, msg=name)
+    tracked = [b for n, b in cp.named_buffers()
+               if n.endswith('num_batches_tracked')]
+    assert tracked and all(int(t) == 2 for t in tracked)
+
+
+@pytest.mark.parametrize('plan', ['fast', 'plain', 'deploy'])
+@pytest.mark.parametrize('dtype,tol', [(torch.float16, 0.01),
+                                       (torch.bfloat16, 0.05)])
+def test_half_precision_model(plan, dtype, tol):
+    """A model cast with .half()/.bfloat16() runs inference in that dtype
+    (the association still in float32) and gives float32's outputs within
+    the dtype's precision."""
+    model = tiny().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        half = copy.deepcopy(model)
+        if plan == 'deploy':
+            half.switch_to_deploy()
+        else:
+            half.set_kernels(plan)
+        half = half.to(dtype)
+        outs = half(x.to(dtype))
+    assert not half.kernels.onednn  # oneDNN serves float32 alone
+    for u, v in zip(outs, ref):
+        assert u.dtype == dtype
+        assert rel_err(u, v) < tol
+
+
+# ---------------------------------------------------------------- deploy --
+def test_deploy_equals_fast_and_is_inference_only():
+    model = tiny().eval()
+    x = torch.randn(2, 3, 70, 52)
+    x_before = x.clone()
+    with torch.no_grad():
+        fast = model(x)
+        deployed = copy.deepcopy(model).switch_to_deploy()
+        outs = deployed(x)
+    assert deployed.kernels.inplace
+    assert deployed.kernels.onednn == execution.HAS_ONEDNN
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # not written
+    for u, v in zip(outs, fast):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    assert not any(p.requires_grad for p in deployed.parameters())
+    with pytest.raises(RuntimeError, match='deploy'):
+        deployed.train()
+    with pytest.raises(RuntimeError, match='gradients'):
+        deployed(x.clone().requires_grad_())
+    # under CPU autocast the oneDNN kernels run float32, as they must
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        for u, v in zip(deployed(x), fast):
+            torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    # cast: oneDNN off; back to float32: on again (decided on each move)
+    deployed.bfloat16()
+    assert deployed.kernels.inplace and not deployed.kernels.onednn
+    deployed.float()
+    assert deployed.kernels.onednn == execution.HAS_ONEDNN
+
+
+@pytest.mark.parametrize('onednn', [True, False])
+def test_deploy_kernels_with_and_without_onednn(onednn):
+    """The deploy plan as a GPU takes it (no oneDNN: in-place sums and
+    folded convolutions only) and as a CPU takes it, on the same input."""
+    model = tiny(stoken_size=(8, 4, 1, 1)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        model.requires_grad_(False)
+        model.set_kernels(execution.deploy_plan(onednn))
+        outs = model(x)
+    for u, v in zip(outs, ref):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------- memory-lean training --
 def test_gelu_depthwise_gradcheck():
     a = torch.randn(2, 3, 5, 4, dtype=torch.double, requires_grad=True)
     w = torch.randn(3, 1, 3, 3, dtype=torch.double, requires_grad=True)
@@ -87,44 +291,6 @@ def test_gelu_batchnorm_gradcheck_and_statistics():
     torch.testing.assert_close(rv, bn.running_var)
 
 
-@pytest.mark.parametrize('momentum', [0.1, None])
-def test_training_step_equals_plain_ops(plain_ops, momentum):
-    """Outputs, input and parameter gradients and BatchNorm statistics of a
-    training step (two steps for the cumulative momentum=None average)."""
-    fast = tiny()
-    for mod in fast.modules():
-        if isinstance(mod, _BatchNorm):
-            mod.momentum = momentum
-    ref = copy.deepcopy(fast)
-    fast.train()
-    ref.train()
-    x = torch.randn(2, 3, 70, 52)
-
-    def step(model):
-        xi = x.clone().requires_grad_()
-        outs = model(xi)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
-            for o in outs).backward()
-        return outs, xi.grad
-
-    outs_fast, gx_fast = step(fast)
-    step(fast)
-    plain_ops()
-    outs_ref, gx_ref = step(ref)
-    step(ref)
-    for u, v in zip(outs_fast, outs_ref):
-        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(gx_fast, gx_ref, atol=1e-5, rtol=1e-4)
-    ref_params = dict(ref.named_parameters())
-    for name, p in fast.named_parameters():
-        assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, ref_params[name].grad,
-                                   atol=1e-4, rtol=1e-4, msg=name)
-    ref_bufs = dict(ref.named_buffers())
-    for name, buf in fast.named_buffers():
-        torch.testing.assert_close(buf, ref_bufs[name], msg=name)
-
-
 def _saved_bytes(fn):
     """Bytes of the tensors autograd keeps for backward while ``fn`` runs
     (each storage once)."""
@@ -139,86 +305,32 @@ def _saved_bytes(fn):
     return sum(seen.values())
 
 
-def test_lean_functions_save_less(plain_ops):
+def test_lean_functions_save_less():
     """The ConvFFN keeps one hidden map fewer, the stem one map fewer per
     conv; the whole backbone keeps at least that much less."""
     ffn = S.ConvFFN(16, 64).train()
     bn = nn.BatchNorm2d(16).train()
     x = torch.randn(2, 16, 32, 32, requires_grad=True)
     hidden = 2 * 64 * 32 * 32 * 4
-    lean_ffn = _saved_bytes(lambda: ffn(x, bn))
     stem = S.ConvStem(3, 16).train()
     img = torch.randn(2, 3, 64, 64, requires_grad=True)
-    lean_stem = _saved_bytes(lambda: stem(img))
     model = tiny().train()
-    lean_model = _saved_bytes(lambda: model(torch.randn(2, 3, 64, 64)))
-    plain_ops()
-    assert _saved_bytes(lambda: ffn(x, bn)) - lean_ffn == hidden
+    lean = [_saved_bytes(lambda: ffn(x, bn)), _saved_bytes(lambda: stem(img)),
+            _saved_bytes(lambda: model(torch.randn(2, 3, 64, 64)))]
+    for m in (ffn, stem, model):
+        for mod in m.modules():
+            if isinstance(mod, S.Planned):
+                mod.use = execution.PLAIN
+    assert _saved_bytes(lambda: ffn(x, bn)) - lean[0] == hidden
     stem_maps = 2 * (8 * 32 * 32 * 2 + 16 * 16 * 16 * 2) * 4
     # (+ the BatchNorms' running statistics, which autograd saves too)
-    assert 0 <= _saved_bytes(lambda: stem(img)) - lean_stem - stem_maps <= \
+    assert 0 <= _saved_bytes(lambda: stem(img)) - lean[1] - stem_maps <= \
         2 * 4 * (8 + 8 + 16 + 16)
     assert _saved_bytes(lambda: model(torch.randn(2, 3, 64, 64))) - \
-        lean_model >= stem_maps
+        lean[2] >= stem_maps
 
 
-# -------------------------------------------------------------- inference --
-@pytest.mark.parametrize('hw,stoken', [
-    ((64, 64), (16, 8, 2, 1)),
-    ((70, 52), (16, 8, 2, 1)),  # padded super token grids
-    ((64, 64), (8, 4, 1, 1)),  # the ImageNet sizes: global attention
-])
-def test_inference_equals_plain_ops(plain_ops, hw, stoken):
-    model = tiny(stoken_size=stoken).eval()
-    x = torch.randn(2, 3, *hw)
-    x_before = x.clone()
-    with torch.no_grad():
-        fast = model(x)
-        plain_ops()
-        ref = model(x)
-    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
-    for u, v in zip(fast, ref):
-        assert u.shape == v.shape
-        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
-
-
-def test_fused_kernels_serve_cpu_inference_only(monkeypatch):
-    """oneDNN's fused calls run in eager CPU float32 inference, not when a
-    gradient is needed, not under autocast, not for NCHW-contiguous maps."""
-    calls = []
-    real = kernels.conv_gelu
-
-    def spy(*args, **kw):
-        calls.append(execution.fused_cpu((args[0], ), (args[1], )))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(kernels, 'conv_gelu', spy)
-    model = tiny().eval()
-    stem_bn_calls = []
-    for mod in model.patch_embed.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.register_forward_hook(
-                lambda *a: stem_bn_calls.append(1))
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        model(x)
-    # every ConvFFN and all four stem convolutions, fused
-    assert len(calls) == sum(TINY['depths']) + 4
-    assert all(calls) == execution.HAS_POINTWISE
-    assert len(stem_bn_calls) == (0 if execution.HAS_POINTWISE else 4)
-    calls.clear()
-    model(x.requires_grad_())  # eval, but the input wants a gradient
-    assert calls and not any(calls)
-    calls.clear()
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        model(x)
-    assert calls and not any(calls)
-    calls.clear()
-    with torch.no_grad():
-        tiny(channels_last=False).eval()(x)
-    assert calls and not any(calls)
-
-
+# ---------------------------------------------------------- torch.compile --
 def test_torch_compile_matches_eager():
     """torch.compile captures the whole forward as one graph (no graph
     breaks, no host syncs) and gives the eager outputs in eval and the eager

@@ -256,7 +256,9 @@ def test_train_merge_args(train_tool, keep_local_rank):
     assert cfg.work_dir == 'cli' and cfg.load_from == 'r.pth' and cfg.resume
     assert cfg.optim_wrapper.optimizer.lr == 0.5
     cfg = train_tool.merge_args(_cfg(), p(['c.py', '--amp']), 'mmseg')
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    # mmengine's AmpOptimWrapper on a GPU, bf16 autocast on a CPU
+    # (tests/test_amp.py)
+    assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
     with pytest.raises(SystemExit, match='auto_scale_lr'):
         train_tool.merge_args(_cfg(), p(['c.py', '--auto-scale-lr']), 'mmseg')
@@ -455,18 +457,23 @@ def test_train_stops_on_missing_weights_mmdet_config(tmp_path):
 
 
 @pytest.mark.skipif(
-    torch.cuda.is_available(), reason='AMP runs where there is CUDA')
-def test_amp_on_cpu_says_why(seg_case):
+    torch.cuda.is_available(), reason='AmpOptimWrapper runs with CUDA')
+def test_mmengine_amp_wrapper_on_cpu_says_why(seg_case):
+    """A config with mmengine's AmpOptimWrapper stops on a CPU before
+    anything is built, naming the two ways to go on (--amp, which trains
+    in bfloat16 here, or fp32); tests/test_amp.py trains with --amp."""
     root, cfg = seg_case
     proc = run(
         [
             sys.executable,
             osp.join(TOOLS, 'train.py'),
-            str(cfg), '--amp', '--work-dir',
+            str(cfg), '--work-dir',
             str(root / 'w_amp')
-        ] + SCRATCH,
+        ] + SCRATCH + ['optim_wrapper.type=AmpOptimWrapper'],
         cwd=root)
-    assert_clean_exit(proc, '--amp', 'needs a CUDA GPU', 'leaving out --amp')
+    assert_clean_exit(proc, 'needs a CUDA GPU', 'add --amp',
+                      'DeviceAmpOptimWrapper', "type='OptimWrapper'")
+    assert not (root / 'w_amp').exists()
 
 
 # ---------------------------------------------------------------------------

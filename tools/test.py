@@ -292,6 +292,10 @@ def run(argv=None):
     launch.stop_on_bad_data(cfg, task, ('test', ))
     launch.setup_cpu_distributed(cfg, args.launcher)
 
+    # the STViT backbones run their inference-only deploy plan (after the
+    # checkpoint is loaded), as tools/infer.py serves them
+    cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + [
+        dict(type='STViTDeployHook')]
     runner = launch.build_runner(cfg)
     check_checkpoint_covers_model(runner, args.checkpoint, task, args.config)
     add_dump_metric(runner, args, task)

@@ -4,8 +4,9 @@
 One entry point for the three toolboxes: the config's ``default_scope``
 says which. Same flags and behaviour as each toolbox's ``tools/train.py``,
 plus: missing pretrained weights stop the run at once with a clear message,
-``--amp`` says plainly when this machine cannot do it, and distributed runs
-also work with CPU processes (gloo) when there is no GPU.
+``--amp`` also trains on a CPU (bfloat16 autocast; mmengine's
+AmpOptimWrapper with fp16 and dynamic loss scaling on a GPU), and
+distributed runs also work with CPU processes (gloo) when there is no GPU.
 
 Examples::
 
@@ -41,7 +42,10 @@ def parse_args(argv=None):
         '--amp',
         action='store_true',
         default=False,
-        help='enable automatic-mixed-precision training (needs a GPU)')
+        help='automatic mixed precision: on a GPU mmengine\'s AmpOptimWrapper '
+        '(fp16 autocast, dynamic loss scaling); on a CPU bfloat16 autocast '
+        'without loss scaling (optim_wrapper.dtype=float16 gives fp16 with '
+        'a GradScaler, slow on most CPUs). See mmstvit/engine/amp.py')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -107,11 +111,7 @@ def merge_args(cfg, args, task):
 
 def check_before_build(cfg):
     """Stops (exit code 1, no traceback) on what would fail later."""
-    optim_wrapper = cfg.get('optim_wrapper', None) or {}
-    if optim_wrapper.get('type', None) == 'AmpOptimWrapper':
-        reason = launch.amp_unavailable_reason()
-        if reason:
-            raise SystemExit(reason)
+    launch.check_amp(cfg)
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
         raise SystemExit(launch.missing_pretrained_message(missing))

@@ -14,7 +14,7 @@ them::
 """
 import re
 from collections import OrderedDict
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
@@ -32,6 +32,54 @@ LAYER_SCALE_NAME = re.compile(r'gamma(_\d+)?')
 def _is_layer_scale(module: nn.Module, name: str) -> bool:
     return bool(LAYER_SCALE_NAME.fullmatch(name)) or \
         type(module).__name__ == 'LayerScale'
+
+
+def stvit_layer_depth(depths: Sequence[int], param_name: str,
+                      prefix: str = '',
+                      decay_type: str = 'layer_wise') -> Tuple[int, int]:
+    """The depth of an STViT parameter, for layer-wise learning-rate decay
+    (what ``STViT.get_layer_depth`` returns).
+
+    The semantics of mmpretrain's ``get_layer_depth`` (as its Swin
+    Transformer's): returns ``(depth, num_layers)`` with the stem at depth
+    0, block ``j`` of stage ``i`` at ``sum(depths[:i]) + j + 1``, the
+    downsample that ends stage ``i`` at the depth of that stage's last
+    block, and anything else (a parameter not under ``prefix``: neck,
+    heads) at ``num_layers - 1``, where ``num_layers = sum(depths) + 2``.
+
+    With ``decay_type='stage_wise'`` the unit is a stage instead of a
+    block: the stem is 0, stage ``i`` (blocks and downsample) is ``i + 1``,
+    the rest ``num_stages + 1``, out of ``num_stages + 2``.
+
+    Args:
+        depths (Sequence[int]): Blocks per stage
+            (``STViT.arch_settings['depths']``).
+        param_name (str): The parameter's name in the model.
+        prefix (str): What the backbone's parameters start with in the
+            model (``'backbone.'`` in a detector). Defaults to ''.
+        decay_type (str): ``'layer_wise'`` or ``'stage_wise'``.
+    """
+    if decay_type == 'layer_wise':
+        num_layers = sum(depths) + 2
+    elif decay_type == 'stage_wise':
+        num_layers = len(depths) + 2
+    else:
+        raise ValueError(f"STViT: decay_type must be 'layer_wise' or "
+                         f"'stage_wise', got {decay_type!r}")
+    if not param_name.startswith(prefix):
+        return num_layers - 1, num_layers
+    parts = param_name[len(prefix):].split('.')
+    if parts[0] == 'patch_embed':
+        return 0, num_layers
+    if parts[0] == 'layers' and len(parts) > 2:
+        stage = int(parts[1])
+        if decay_type == 'stage_wise':
+            return stage + 1, num_layers
+        if parts[2] == 'blocks':
+            return sum(depths[:stage]) + int(parts[3]) + 1, num_layers
+        if parts[2] == 'downsample':
+            return sum(depths[:stage + 1]), num_layers
+    return num_layers - 1, num_layers
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)

@@ -74,6 +74,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from mmstvit.engine.deploy import switch_to_deploy  # noqa: E402
+
 DET_STOKEN = (16, 8, 2, 1)
 CLS_STOKEN = (8, 4, 1, 1)
 SWIN = {
@@ -151,6 +153,10 @@ def _outputs(out):
 
 
 def autocast(device, amp):
+    """Autocast for ``amp``: False (off), True (fp16, the ``--amp`` of this
+    benchmark) or a dtype (``torch.bfloat16`` for CPU AMP in gpu_check)."""
+    if isinstance(amp, torch.dtype):
+        return torch.autocast(device.type, dtype=amp)
     return torch.autocast(device.type, dtype=torch.float16, enabled=amp)
 
 
@@ -180,13 +186,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+#: the clock of :func:`timed`: wall time; tools that measure on a shared
+#: machine may switch to ``time.process_time`` (CPU seconds, one thread)
+CLOCK = time.perf_counter
+
+
 def timed(fn, device):
-    """Seconds one call of ``fn`` takes, CUDA synchronised around it."""
+    """Seconds one call of ``fn`` takes (by :data:`CLOCK`), CUDA
+    synchronised around it."""
     _sync(device)
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
     _sync(device)
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def interleaved(fns, device, warmup, rounds, label=''):
@@ -225,10 +237,13 @@ def summary(times, batch):
 def count_flops(model, shape, device):
     from mmengine.analysis import FlopAnalyzer
 
+    from mmstvit.models.backbones.execution import use_kernels
     from mmstvit.tool_support import mm_log_level
     x = torch.randn(1, 3, *shape, device=device)
-    # "unsupported operator" lists, per model
-    with mm_log_level('ERROR'), torch.no_grad():
+    # "unsupported operator" lists, per model; STViT counted with the
+    # paper's protocol (its reference plan)
+    with mm_log_level('ERROR'), torch.no_grad(), use_kernels(model,
+                                                              'reference'):
         analyzer = FlopAnalyzer(model, (x, ))
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
@@ -246,20 +261,26 @@ def _child_peak(name, device, shape, batch, official, threads, amp, queue):
     model = build(name, stoken_for(name, DET_STOKEN), official).to(device)
     model.train()
     x = torch.randn(batch, 3, *shape, device=device)
-    step = train_step_fn(model, x, device, amp)
+    queue.put(step_peak_mib(train_step_fn(model, x, device, amp), device))
+
+
+def step_peak_mib(step, device):
+    """MiB one call of ``step`` adds at its peak: on CUDA
+    ``torch.cuda.max_memory_allocated`` above what was allocated before it,
+    on CPU the growth of the process's peak resident memory (VmHWM; memory
+    the allocator kept from earlier work is reused and not counted, hence
+    the fresh process of :func:`peak_memory`)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         step()
         torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        before = _rss_kib()
-        _reset_peak_rss()
-        step()
-        peak = max(_peak_rss_kib() - before, 0) / 1024.
-    queue.put(peak)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    before = _rss_kib()
+    _reset_peak_rss()
+    step()
+    return max(_peak_rss_kib() - before, 0) / 1024.
 
 
 def _reset_peak_rss():
@@ -603,6 +624,7 @@ def run(args):
             for name in models:
                 model = build(name, stoken_for(name, stoken), args.official)
                 model.to(device).eval()
+                switch_to_deploy(model)  # STViT: as infer.py / test.py run it
                 built[name] = model
                 x = torch.randn(batch, 3, *shape, device=device)
                 fns[name] = inference_fn(model, x, device, args.amp)

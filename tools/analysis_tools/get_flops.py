@@ -159,7 +159,9 @@ def measure(config, shape=None):
                 return self.m(x, mode='tensor')
             return self.m._forward(x, samples)
 
-    with torch.no_grad():
+    # the paper's counting protocol: the authors' graph (execution.py)
+    from mmstvit.models.backbones.execution import use_kernels
+    with torch.no_grad(), use_kernels(model, 'reference'):
         info = get_model_complexity_info(
             TensorForward(model), inputs=(inputs, ), show_table=False,
             show_arch=False)

@@ -1,131 +1,153 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""How the STViT backbone runs: its execution modes, decided in one place.
+"""How the STViT backbone runs: one kernel plan, chosen once.
 
-The model (:mod:`.stvit`) computes the same maths several ways. Each module asks
-this file which one applies; nothing else in the package inspects tracers,
-autocast or memory formats.
+A model runs the maths of :mod:`.stvit` with the kernels of one
+:class:`Kernels` plan. The plan is fixed when the model is built
+(``STViT(kernels='fast')``, the default) and changes only by an explicit
+call; ``forward`` reads the plan's flags and never inspects tracers, autocast,
+devices or dtypes (timm's ``fused_attn`` idiom: one flag set in ``__init__``,
+one ``if`` in ``forward``).
 
-=========================  ============================================
-mode                       chosen when (predicate)
-=========================  ============================================
-reference graph            a tracer runs (FLOP counters, exporters) and
-                           the switch below is on: :func:`tracing`
-fused CPU inference        eager float32 CPU forward that needs no
-                           gradient, channels-last maps: :func:`fused_cpu`
-memory-lean training       eager forward with gradients: :func:`lean_autograd`
-plain path                 everything else (GPU training, autocast, compile)
-compiled                   the plain path under ``torch.compile``, the 3x3
-                           gathers/scatters as opaque operators:
-                           :func:`compiling`
-=========================  ============================================
+==========  ==================================================================
+plan        what runs
+==========  ==================================================================
+fast        the default, for training and evaluation on any device, in any
+            precision (fp32, bf16/fp16 autocast, a ``.half()`` model):
+            3x3 neighbourhoods as the operators ``mmstvit::gather3x3`` /
+            ``scatter3x3`` (also what ``torch.compile`` sees), fused
+            attention (``scaled_dot_product_attention``), ``x + dwconv(x)``
+            as one convolution, BatchNorm folded into the next convolution in
+            eval and layer scale into the projections, and in training GELU
+            recomputed in backward instead of stored (memory).
+plain       the module graph as written, with plain differentiable ops, no
+            in-place updates and static shapes: what ONNX export traces and
+            what the tests compare every other plan with.
+reference   ``plain`` with the authors' identity-kernel convolutions for the
+            3x3 neighbourhoods: the paper's FLOP-counting protocol
+            (``get_flops.py`` applies it).
+deploy      ``fast`` for inference only (``STViT.switch_to_deploy()``):
+            residual sums accumulated in place and, while the parameters are
+            float32 on a CPU, oneDNN convolutions with GELU as a post-op.
+==========  ==================================================================
 
-The reference graph is the FLOP-counting protocol of the paper: identity-kernel
-convolutions for the 3x3 neighbourhood gather/scatter, explicit matmul +
-softmax attention, residuals and BatchNorms as separate ops. With it every
-FLOP counter reports the paper's numbers (82.3G for the STViT-S backbone at
-1280x800). The eager path computes the same values without the identity
-convolutions (0.75G multiply-adds at that size); turn the switch off to count
-only the arithmetic the fast path executes::
-
-    from mmstvit.models.backbones import execution
-    with execution.reference_graph_when_tracing(False):
-        ...  # trace or count FLOPs here
-
-The predicates are looked up through this module (``execution.fused_cpu``),
-so a test can turn a fast path off by patching one name.
+Switches: ``STViT.set_kernels(plan)`` for one backbone, :func:`use_kernels`
+for every STViT inside a model for the duration of a ``with`` block (the FLOP
+counter and the ONNX exporter use it), ``STViT.switch_to_deploy()``.
+What each fast path buys is measured by
+``tools/analysis_tools/fast_paths.py`` (table in docs/architecture.md).
 """
 import contextlib
-from typing import Iterator, Sequence
+import dataclasses
+from typing import Iterator, Union
 
 import torch
+import torch.nn as nn
 
-# On by default: a traced forward runs the authors' computation graph. Read
-# it through :func:`reference_graph_enabled`; change it with
-# :func:`set_reference_graph_when_tracing` or the context manager.
-REFERENCE_GRAPH_WHEN_TRACING = True
+#: ``torch.library.custom_op`` (torch >= 2.4) makes the 3x3 neighbourhood
+#: kernels operators; on an older torch ``fast`` runs the same slices inline.
+HAS_OPERATORS = hasattr(torch.library, 'custom_op')
 
-
-def reference_graph_enabled() -> bool:
-    """Whether a traced forward runs the authors' graph (the switch)."""
-    return REFERENCE_GRAPH_WHEN_TRACING
-
-
-def set_reference_graph_when_tracing(enabled: bool) -> bool:
-    """Sets the switch; returns its previous value."""
-    global REFERENCE_GRAPH_WHEN_TRACING
-    previous = REFERENCE_GRAPH_WHEN_TRACING
-    REFERENCE_GRAPH_WHEN_TRACING = bool(enabled)
-    return previous
-
-
-@contextlib.contextmanager
-def reference_graph_when_tracing(enabled: bool) -> Iterator[None]:
-    """Sets the switch for the duration of a ``with`` block."""
-    previous = set_reference_graph_when_tracing(enabled)
-    try:
-        yield
-    finally:
-        set_reference_graph_when_tracing(previous)
-
-
-def traced() -> bool:
-    """A tracer runs (FLOP counters, the ONNX exporter): plain ops only,
-    no fused calls, no in-place updates, no custom autograd functions, so
-    that counters see every operation and exporters can express it."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
-def tracing() -> bool:
-    """Reference-graph mode: a tracer runs and the switch is on; the 3x3
-    neighbourhood gather/scatter is then the authors' identity-kernel
-    convolutions (the FLOP-counting protocol). With the switch off a trace
-    keeps the plain ops of :func:`traced` and the fast gather/scatter
-    (what tools/deployment/export_onnx.py exports)."""
-    return REFERENCE_GRAPH_WHEN_TRACING and traced()
-
-
-def compiling() -> bool:
-    """``torch.compile`` is capturing the forward: it fuses by itself, and
-    the 3x3 gathers/scatters are opaque operators (``mmstvit::gather3x3``,
-    ``mmstvit::scatter3x3``) so that inductor does not generate code for
-    their padded slices, which takes minutes per block on a small CPU."""
-    compiler = getattr(torch, 'compiler', None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
-HAS_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(
+#: oneDNN's fused convolutions (a private op: ``deploy`` falls back to the
+#: plain convolution where a torch release lacks it).
+HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops, 'mkldnn') and hasattr(torch.ops.mkldnn,
                                      '_convolution_pointwise')
 
 
-def fused_cpu(maps: Sequence[torch.Tensor],
-              params: Sequence[torch.Tensor] = ()) -> bool:
-    """Fused-CPU-inference mode: oneDNN's fused convolutions can serve an
-    eager float32 CPU forward that needs no gradient, with channels-last
-    ``maps``, no autocast, not traced or compiled (those see the plain ops
-    and fuse by themselves)."""
-    if compiling() or traced() or not HAS_POINTWISE or \
-            not torch.backends.mkldnn.enabled:
-        return False
-    tensors = tuple(maps) + tuple(params)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    if torch.is_autocast_enabled('cpu'):
-        return False
-    return all(t.device.type == 'cpu' and t.dtype == torch.float32
-               for t in tensors) and all(
-                   t.dim() == 4 and t.is_contiguous(
-                       memory_format=torch.channels_last) for t in maps)
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The kernels a model runs; see the module docstring for the presets.
+
+    Attributes:
+        neighbourhoods: how the 3x3 neighbourhoods of the super token grid
+            are gathered and scattered: ``'operator'`` (strided slices inside
+            the opaque operators), ``'slices'`` (the same slices inline,
+            out of place) or ``'conv'`` (the authors' identity-kernel
+            convolutions).
+        sdpa: attention with ``F.scaled_dot_product_attention`` instead of
+            an explicit softmax.
+        fold_residual: ``x + dwconv(x)`` as one convolution (the identity
+            folded into the kernel's centre tap).
+        fold_norm: in eval, BatchNorm folded into the adjacent convolution;
+            layer scale folded into the projections.
+        lean_training: in training, GELU -> depthwise conv and GELU ->
+            BatchNorm as autograd functions that recompute GELU in backward.
+        inplace: inference only: residual sums accumulated in place.
+        onednn: inference only, float32 CPU: oneDNN convolutions with GELU
+            (or the residual sum) as a post-op.
+    """
+    neighbourhoods: str = 'operator' if HAS_OPERATORS else 'slices'
+    sdpa: bool = True
+    fold_residual: bool = True
+    fold_norm: bool = True
+    lean_training: bool = True
+    inplace: bool = False
+    onednn: bool = False
+
+    def __post_init__(self):
+        if self.neighbourhoods not in ('operator', 'slices', 'conv'):
+            raise ValueError(
+                f"Kernels.neighbourhoods must be 'operator', 'slices' or "
+                f"'conv', got {self.neighbourhoods!r}")
+        if self.neighbourhoods == 'operator' and not HAS_OPERATORS:
+            object.__setattr__(self, 'neighbourhoods', 'slices')
+        if self.onednn and not HAS_ONEDNN:
+            object.__setattr__(self, 'onednn', False)
+
+    @property
+    def inference_only(self) -> bool:
+        """Plans that cannot compute gradients (``deploy``)."""
+        return self.inplace or self.onednn
 
 
-def lean_autograd(*tensors) -> bool:
-    """Memory-lean-training mode: eager forward with gradients."""
-    return torch.is_grad_enabled() and not traced() and any(
-        t is not None and t.requires_grad for t in tensors)
+FAST = Kernels()
+PLAIN = Kernels(neighbourhoods='slices', sdpa=False, fold_residual=False,
+                fold_norm=False, lean_training=False)
+REFERENCE = dataclasses.replace(PLAIN, neighbourhoods='conv')
+PRESETS = {'fast': FAST, 'plain': PLAIN, 'reference': REFERENCE}
 
 
-def no_grad_needed(*tensors: torch.Tensor) -> bool:
-    """No gradient flows through ``tensors``: results may be written in
-    place into a map the caller owns."""
-    return not torch.is_grad_enabled() or not any(
-        t.requires_grad for t in tensors)
+def deploy_plan(onednn: bool) -> Kernels:
+    """``fast`` plus the inference-only kernels; oneDNN where asked and
+    available."""
+    return dataclasses.replace(FAST, inplace=True, onednn=onednn)
+
+
+def resolve(plan: Union[str, Kernels]) -> Kernels:
+    """A preset name (``'fast'``, ``'plain'``, ``'reference'``) or a
+    :class:`Kernels` to a :class:`Kernels`; raises ``ValueError`` naming the
+    choices otherwise (``deploy`` is reached by ``switch_to_deploy()``)."""
+    if isinstance(plan, Kernels):
+        return plan
+    if isinstance(plan, str) and plan in PRESETS:
+        return PRESETS[plan]
+    raise ValueError(f'STViT: kernels must be one of {sorted(PRESETS)} or a '
+                     f'Kernels(...), got {plan!r}')
+
+
+def onednn_serves(module: nn.Module) -> bool:
+    """oneDNN's fused kernels can serve ``module``'s inference: every
+    parameter is a float32 CPU tensor. Asked when the plan is chosen and
+    again when the module moves (``.to``, ``.half()``, ``.cuda()``)."""
+    return HAS_ONEDNN and all(
+        p.device.type == 'cpu' and p.dtype == torch.float32
+        for p in module.parameters())
+
+
+@contextlib.contextmanager
+def use_kernels(model: nn.Module,
+                plan: Union[str, Kernels]) -> Iterator[int]:
+    """Runs every STViT inside ``model`` with ``plan`` for a ``with`` block
+    and restores each one's own plan afterwards; yields how many STViTs
+    were switched. ``get_flops.py`` counts with ``'reference'``; the ONNX
+    export traces ``'plain'``."""
+    from .stvit import STViT
+    backbones = [m for m in model.modules() if isinstance(m, STViT)]
+    previous = [m.kernels for m in backbones]
+    for m in backbones:
+        m.set_kernels(plan)
+    try:
+        yield len(backbones)
+    finally:
+        for m, old in zip(backbones, previous):
+            m.set_kernels(old)

@@ -2,32 +2,36 @@
 """The STViT backbone's kernels: how :mod:`.stvit` runs fast.
 
 Every kernel computes what a few plain ops compute, and each sits beside its
-reference twin (the plain ops, or the authors' formulation run under
-tracing); ``tests/test_fast_paths.py`` and ``tests/test_stoken_attention.py``
-compare them. Which one runs is decided by the predicates of
-:mod:`.execution`, looked up through that module.
+plain twin; which one runs is a flag of the model's kernel plan
+(:class:`~.execution.Kernels`), passed in by the calling module. No function
+here inspects tracers, devices or dtypes to choose; the one runtime question,
+the autocast dtype, is asked the way ``torch.amp.custom_fwd`` asks it.
+``tests/test_fast_paths.py`` compares every plan with the plain one.
 
 * 3x3 neighbourhoods of the super token grid: :func:`gather3x3` /
-  :func:`scatter3x3` (strided slices, channels last; opaque operators under
-  ``torch.compile``) beside the authors' identity-kernel convolutions
-  :func:`unfold3x3` / :func:`fold3x3`.
-* Fused oneDNN inference: :func:`conv_gelu` (GELU as a post-op),
-  :func:`add_conv1x1_` (a 1x1 conv accumulated into the residual in place),
-  BatchNorm folding (:func:`bn_scale_shift`, :func:`conv_bn_folded`).
+  :func:`scatter3x3` (strided slices; the operators ``mmstvit::gather3x3`` /
+  ``mmstvit::scatter3x3`` in the ``fast`` plan, so ``torch.compile`` sees
+  them as opaque) beside the authors' identity-kernel convolutions
+  :func:`unfold3x3` / :func:`fold3x3` (the ``reference`` plan).
+* Folding: BatchNorm into convolutions (:func:`bn_scale_shift`,
+  :func:`conv_bn_folded`, :func:`bn_conv_gelu`), layer scale into
+  projections (:func:`project_residual`).
 * Memory-lean training: :class:`GELUDepthwiseConv` and :class:`GELUBatchNorm`,
-  autograd functions that recompute GELU in backward instead of storing it.
+  autograd functions that recompute GELU in backward instead of storing it,
+  correct under autocast (bf16, fp16) and in half precision.
+* Inference only (``deploy``): oneDNN's fused convolutions
+  (:func:`conv_gelu`, :func:`add_conv1x1_`) and residual sums in place.
 * Parameter layout: :func:`store_channels_last` (convolution weights laid
   out as their channels-last gradients come, and every gradient handed over
   in its parameter's layout, so DDP's buckets match them).
-* The composite steps the modules call: :func:`conv_gelu_bn` (a stem
-  layer), :func:`gelu_dwconv` and :func:`bn_conv_gelu` (the ConvFFN's hidden
-  map), :func:`project_residual` (a projection added to the residual),
-  :func:`upsample_reference` / :func:`upsample` (token upsampling).
+* ``with_cp``: :func:`keep_buffers_on_recompute`, so that activation
+  checkpointing leaves BatchNorm statistics as one forward leaves them.
 
-Adding a kernel: write it here beside the plain ops it replaces, choose it
-with a predicate of :mod:`.execution` (or add one there), and add a test that
-compares the two (values, gradients and BatchNorm statistics).
+Adding a kernel: write it here beside the plain ops it replaces, add a flag
+to :class:`~.execution.Kernels` (off in ``plain``), branch on it in the
+module, and let ``tests/test_fast_paths.py``'s matrix compare the two.
 """
+import contextlib
 import weakref
 from typing import Optional, Tuple
 
@@ -37,71 +41,35 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import execution
+from .execution import Kernels
 
 # ---------------------------------------------------------------------------
 # 3x3 neighbourhoods of a grid
 # ---------------------------------------------------------------------------
 
 
-def unfold3x3(x: torch.Tensor, kernel: Optional[torch.Tensor] = None
-              ) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, 9, h*w): every cell's 3x3 neighbourhood.
-
-    Out-of-grid neighbours are zeros. One im2col; with the authors' (9, 1, 3,
-    3) identity ``kernel`` under tracing, their convolution (same values).
-    """
+def unfold3x3(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, 9, h*w): every cell's 3x3 neighbourhood (zeros
+    off the grid), as the authors compute it: a convolution with their
+    (9, 1, 3, 3) identity ``kernel``."""
     B, C, h, w = x.shape
-    if kernel is not None and execution.tracing():
-        y = F.conv2d(x.reshape(B * C, 1, h, w), kernel.to(x.dtype), padding=1)
-        return y.reshape(B, C, 9, h * w)
-    return F.unfold(x, 3, padding=1).view(B, C, 9, h * w)
+    y = F.conv2d(x.reshape(B * C, 1, h, w), kernel.to(x.dtype), padding=1)
+    return y.reshape(B, C, 9, h * w)
 
 
 def fold3x3(cols: torch.Tensor, size: Tuple[int, int],
-            kernel: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, C*9, h*w) -> (B, C, h, w): adjoint of :func:`unfold3x3`.
-
-    Each cell receives the sum of what its 3x3 neighbours sent to it.
-    """
-    if kernel is not None and execution.tracing():
-        B, C9, _ = cols.shape
-        y = F.conv_transpose2d(
-            cols.reshape(B * (C9 // 9), 9, *size), kernel.to(cols.dtype),
-            padding=1)
-        return y.reshape(B, C9 // 9, *size)
-    return F.fold(cols, size, 3, padding=1)
+            kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C*9, h*w) -> (B, C, h, w): adjoint of :func:`unfold3x3` (the
+    authors' transposed convolution); each cell receives the sum of what its
+    3x3 neighbours sent to it."""
+    B, C9, _ = cols.shape
+    y = F.conv_transpose2d(
+        cols.reshape(B * (C9 // 9), 9, *size), kernel.to(cols.dtype),
+        padding=1)
+    return y.reshape(B, C9 // 9, *size)
 
 
 _OFFSETS = [(i, j) for i in range(3) for j in range(3)]
-
-
-def gather3x3(t: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> (B, h*w, 9, C): each cell's 3x3 neighbours (zeros off
-    the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
-
-    Nine strided slices of the padded grid: for the small super token grids
-    this is several times faster than im2col and keeps channels last. Under
-    ``torch.compile`` it is the opaque operator ``mmstvit::gather3x3``.
-    """
-    if OPAQUE_NEIGHBOURHOODS and execution.compiling():
-        return torch.ops.mmstvit.gather3x3(t)
-    return _gather3x3(t)
-
-
-def scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
-    cell receives the sum of what its 3x3 neighbours sent to it. Under
-    ``torch.compile`` it is the opaque operator ``mmstvit::scatter3x3``."""
-    if OPAQUE_NEIGHBOURHOODS and execution.compiling():
-        return torch.ops.mmstvit.scatter3x3(sent, h, w)
-    if execution.traced():  # exporters: shifted copies added, no in-place
-        B, C = sent.shape[0], sent.shape[-1]
-        sent = sent.reshape(B, h, w, 9, C)
-        out = sum(
-            F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
-            for k, (i, j) in enumerate(_OFFSETS))
-        return out[:, 1:h + 1, 1:w + 1]
-    return _scatter3x3(sent, h, w)
 
 
 def _gather3x3(t: torch.Tensor) -> torch.Tensor:
@@ -112,6 +80,7 @@ def _gather3x3(t: torch.Tensor) -> torch.Tensor:
 
 
 def _scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """In place into one padded buffer (the operator's body)."""
     B, C = sent.shape[0], sent.shape[-1]
     sent = sent.reshape(B, h, w, 9, C)
     out = sent.new_zeros(B, h + 2, w + 2, C)
@@ -120,18 +89,24 @@ def _scatter3x3(sent: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out[:, 1:h + 1, 1:w + 1]
 
 
-# What torch.compile sees of the two: opaque operators with each other as
-# gradient. Inductor would otherwise fuse the padded slices of every
-# gather/scatter of the model into its generated C++, and that code
-# generation (nested masked loads) ran for more than 20 minutes on 2 cores
-# for STViT-S; as operators they cost no code generation and run the eager
-# kernels above. The scatter copies its result out of the padded buffer, so
-# the operator returns a fresh contiguous tensor as its fake twin promises.
-# torch.library.custom_op came with torch 2.4; older versions compile the
-# plain slices.
-OPAQUE_NEIGHBOURHOODS = hasattr(torch.library, 'custom_op')
+def _scatter3x3_out_of_place(sent: torch.Tensor, h: int,
+                             w: int) -> torch.Tensor:
+    """Shifted copies added, no in-place update (exporters, tracers)."""
+    B, C = sent.shape[0], sent.shape[-1]
+    sent = sent.reshape(B, h, w, 9, C)
+    out = sum(
+        F.pad(sent[:, :, :, k], (0, 0, j, 2 - j, i, 2 - i))
+        for k, (i, j) in enumerate(_OFFSETS))
+    return out[:, 1:h + 1, 1:w + 1]
 
 
+# The operators: opaque to torch.compile, each the other's gradient. Inductor
+# would otherwise fuse the padded slices of every gather/scatter into its
+# generated C++, and that code generation (nested masked loads) ran for more
+# than 20 minutes on 2 cores for STViT-S; as operators they cost no code
+# generation. Eager calls pay the dispatcher (microseconds per call). The
+# scatter copies its result out of the padded buffer, so the operator
+# returns a fresh contiguous tensor as its fake twin promises.
 def _register_neighbourhood_operators() -> None:
 
     @torch.library.custom_op('mmstvit::gather3x3', mutates_args=())
@@ -165,8 +140,32 @@ def _register_neighbourhood_operators() -> None:
         scatter_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-if OPAQUE_NEIGHBOURHOODS:
+if execution.HAS_OPERATORS:
     _register_neighbourhood_operators()
+
+
+def gather3x3(t: torch.Tensor, how: str = 'slices') -> torch.Tensor:
+    """(B, h, w, C) -> (B, h*w, 9, C): each cell's 3x3 neighbours (zeros off
+    the grid), neighbour k = (di+1)*3 + (dj+1) as in :func:`unfold3x3`.
+
+    Nine strided slices of the padded grid: several times faster than im2col
+    for the small super token grids, channels last. ``how='operator'`` runs
+    them inside ``mmstvit::gather3x3``.
+    """
+    if how == 'operator':
+        return torch.ops.mmstvit.gather3x3(t)
+    return _gather3x3(t)
+
+
+def scatter3x3(sent: torch.Tensor, h: int, w: int,
+               how: str = 'slices') -> torch.Tensor:
+    """(B, h*w, 9, C) -> (B, h, w, C): adjoint of :func:`gather3x3`; every
+    cell receives the sum of what its 3x3 neighbours sent to it.
+    ``how='operator'`` runs ``mmstvit::scatter3x3`` (in place inside),
+    ``'slices'`` adds shifted copies (no in-place update, exportable)."""
+    if how == 'operator':
+        return torch.ops.mmstvit.scatter3x3(sent, h, w)
+    return _scatter3x3_out_of_place(sent, h, w)
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -174,81 +173,72 @@ def nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def neighbours(stokens: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """(B, C, hh, ww) -> (B, n, C, 9): the 3x3 super tokens of each cell.
-
-    Reference twin (under tracing): the authors' identity-kernel
-    convolution with ``kernel``.
-    """
-    if execution.tracing():
+def neighbours(stokens: torch.Tensor, how: str,
+               kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C, hh, ww) -> (B, n, C, 9): the 3x3 super tokens of each cell;
+    ``how='conv'``: the authors' identity-kernel convolution with
+    ``kernel``."""
+    if how == 'conv':
         return unfold3x3(stokens, kernel).permute(0, 3, 1, 2)
-    return gather3x3(nhwc(stokens)).transpose(-1, -2)
+    return gather3x3(nhwc(stokens), how).transpose(-1, -2)
 
 
-def scatter_to_neighbours(sent: torch.Tensor, hh: int, ww: int,
+def scatter_to_neighbours(sent: torch.Tensor, hh: int, ww: int, how: str,
                           kernel: torch.Tensor) -> torch.Tensor:
     """(B, n, C, 9) -> (B, C, hh, ww): what each cell sent to each of its
-    3x3 neighbours, summed at the receiving super token.
-
-    Reference twin (under tracing): the authors' transposed identity-kernel
-    convolution with ``kernel``.
-    """
+    3x3 neighbours, summed at the receiving super token; ``how='conv'``:
+    the authors' transposed identity-kernel convolution."""
     B, n, C, _ = sent.shape
-    if execution.tracing():
+    if how == 'conv':
         cols = sent.permute(0, 2, 3, 1).reshape(B, C * 9, n)
         return fold3x3(cols, (hh, ww), kernel)
-    return scatter3x3(sent.transpose(-1, -2), hh, ww).permute(0, 3, 1, 2)
-
-
-def upsample_reference(assoc: torch.Tensor, stokens: torch.Tensor,
-                       kernel: torch.Tensor, stoken_size: Tuple[int, int],
-                       hh: int, ww: int) -> torch.Tensor:
-    """Token upsampling as the authors write it: (B, C, H, W) from the
-    (B, n, P, 9) association and the (B, C, hh, ww) super tokens."""
-    B, C = stokens.shape[:2]
-    sh, sw = stoken_size
-    neigh = unfold3x3(stokens, kernel).permute(0, 3, 1, 2)
-    out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
-    out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
-    return out.reshape(B, C, hh * sh, ww * sw)
+    return scatter3x3(sent.transpose(-1, -2), hh, ww, how).permute(0, 3, 1, 2)
 
 
 def upsample(assoc: torch.Tensor, stokens: torch.Tensor,
-             stoken_size: Tuple[int, int], hh: int, ww: int,
-             identity: Optional[torch.Tensor] = None,
-             padded: bool = False) -> torch.Tensor:
-    """Token upsampling with :func:`gather3x3`, channels last.
-
-    Returns the (B, C, H, W) map; or, when ``identity`` is given, the map
-    was not ``padded``, ``identity`` is channels last and no gradient is
-    needed, ``identity`` itself with the cells added in place (no copy):
-    the caller tells the two apart with ``result is identity``.
-    """
+             stoken_size: Tuple[int, int], hh: int, ww: int, how: str,
+             kernel: torch.Tensor) -> torch.Tensor:
+    """Token upsampling X = Q S: the (B, C, hh*sh, ww*sw) map from the
+    (B, n, P, 9) association and the (B, C, hh, ww) super tokens, channels
+    last; ``how='conv'``: as the authors write it (an identity-kernel
+    convolution, a (B, n, C, 9) @ (B, n, 9, P) product, NCHW)."""
     B, C = stokens.shape[:2]
     sh, sw = stoken_size
-    out = assoc @ gather3x3(nhwc(stokens))  # (B, n, P, C)
+    if how == 'conv':
+        neigh = unfold3x3(stokens, kernel).permute(0, 3, 1, 2)
+        out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
+        out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(B, C, hh * sh, ww * sw)
+    out = assoc @ gather3x3(nhwc(stokens), how)  # (B, n, P, C)
     out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-    if identity is not None and not padded and not execution.traced() and \
-            identity.is_contiguous(
-            memory_format=torch.channels_last) and execution.no_grad_needed(
-                identity, out):
-        # add the cells into the residual map in place, no copy
-        nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
-        return identity
     return out.reshape(B, hh * sh, ww * sw, C).permute(0, 3, 1, 2)
 
 
+def upsample_add_(identity: torch.Tensor, assoc: torch.Tensor,
+                  stokens: torch.Tensor, stoken_size: Tuple[int, int],
+                  hh: int, ww: int, how: str) -> torch.Tensor:
+    """``identity + upsample(...)`` for inference, the cells added into the
+    channels-last ``identity`` in place (no new map); ``identity`` must be
+    a tensor the caller owns, of the unpadded grid's size."""
+    B, C = stokens.shape[:2]
+    sh, sw = stoken_size
+    out = assoc @ gather3x3(nhwc(stokens), how)  # (B, n, P, C)
+    out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
+    nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
+    return identity
+
+
 # ---------------------------------------------------------------------------
-# fused oneDNN kernels for CPU inference, BatchNorm folding
+# folding, projections, oneDNN inference kernels
 # ---------------------------------------------------------------------------
 
 
 def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
               bias: Optional[torch.Tensor], stride: int = 1,
-              padding: int = 0) -> torch.Tensor:
-    """``gelu(conv2d(x))``: one oneDNN call with GELU (erf) as its post-op
-    on CPU inference, the two ops otherwise."""
-    if execution.fused_cpu((x, ), (weight, )):
+              padding: int = 0, onednn: bool = False) -> torch.Tensor:
+    """``gelu(conv2d(x))``; ``onednn``: one oneDNN call with GELU (erf) as
+    its post-op (float32 CPU inference)."""
+    if onednn:
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, [padding] * 2, [stride] * 2, [1, 1], 1, 'gelu',
             [], 'none')
@@ -256,41 +246,42 @@ def conv_gelu(x: torch.Tensor, weight: torch.Tensor,
 
 
 def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``acc + conv1x1(x)``; on CPU inference the convolution accumulates
-    into ``acc`` in place (one oneDNN call, no new map), so ``acc`` must be
-    a tensor the caller owns."""
-    if execution.fused_cpu((acc, x), (weight, )) and \
-            acc.shape[1] == weight.shape[0]:
+                 bias: Optional[torch.Tensor],
+                 onednn: bool = False) -> torch.Tensor:
+    """``acc += conv1x1(x)`` in place (inference; ``acc`` must be a tensor
+    the caller owns); ``onednn``: the convolution accumulates into ``acc``
+    itself (one oneDNN call, no new map)."""
+    if onednn:
         return torch.ops.mkldnn._convolution_pointwise_(
             acc, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, 'add', 1.0,
             None, [], None)
-    return acc + F.conv2d(x, weight, bias)
+    return acc.add_(F.conv2d(x, weight, bias))
 
 
-def project_residual(x: torch.Tensor, proj: nn.Conv2d, drop: nn.Dropout,
-                     identity: Optional[torch.Tensor] = None,
-                     gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``identity + gamma * drop(proj(x))`` for a 1x1 ``proj``, without the
-    terms that are not given.
+def project_residual(x: torch.Tensor, proj: nn.Conv2d, drop: nn.Module,
+                     use: Kernels, identity: Optional[torch.Tensor] = None,
+                     gamma: Optional[torch.Tensor] = None,
+                     drop_path: Optional[nn.Module] = None) -> torch.Tensor:
+    """``identity + drop_path(gamma * drop(proj(x)))`` for a 1x1 ``proj``,
+    without the terms that are not given.
 
-    Layer scale ``gamma`` ((1, C, 1, 1)) is folded into ``proj``'s weight and
-    bias (per channel, it commutes with dropout) except under tracing, which
-    keeps the reference graph. When no gradient is needed and dropout is off,
-    ``proj`` accumulates into ``identity`` in place (:func:`add_conv1x1_`):
-    pass only an ``identity`` you own.
+    ``use.fold_norm``: layer scale ``gamma`` ((1, C, 1, 1)) is folded into
+    ``proj``'s weight and bias (per channel, it commutes with dropout and
+    drop path). ``use.inplace`` (inference): ``proj`` accumulates into
+    ``identity`` in place; pass only an ``identity`` you own.
     """
     w, b = proj.weight, proj.bias
-    if gamma is not None and not execution.tracing():
+    if gamma is not None and use.fold_norm:
         w = w * gamma.view(-1, 1, 1, 1)
         b = b * gamma.view(-1) if b is not None else None
         gamma = None
-    if identity is not None and not (drop.training and drop.p) and \
-            execution.no_grad_needed(identity, x, w):
-        return add_conv1x1_(identity, x, w, b)
+    if use.inplace and identity is not None:
+        return add_conv1x1_(identity, x, w, b, use.onednn)
     y = drop(F.conv2d(x, w, b))
     if gamma is not None:
         y = gamma * y
+    if drop_path is not None:
+        y = drop_path(y)
     return y if identity is None else identity + y
 
 
@@ -317,16 +308,24 @@ def conv_bn_folded(x: torch.Tensor, conv: nn.Conv2d,
 
 
 def bn_conv_gelu(x: torch.Tensor, bn: _BatchNorm, conv: nn.Conv2d,
-                 act: nn.Module, drop: nn.Dropout) -> torch.Tensor:
+                 drop: nn.Module, onednn: bool = False) -> torch.Tensor:
     """``drop(gelu(conv(bn(x))))`` for an eval-mode ``bn`` and a 1x1
-    ``conv``: the BatchNorm folded into the convolution, GELU fused into it
-    where :func:`conv_gelu` can."""
+    ``conv``: the BatchNorm folded into the convolution (its input side)."""
     scale, shift = bn_scale_shift(bn)
     w = conv.weight * scale.view(1, -1, 1, 1)
     b = conv.bias + (conv.weight.flatten(1) @ shift)
-    if not drop.training or not drop.p:
-        return conv_gelu(x, w, b)
-    return drop(act(F.conv2d(x, w, b)))
+    return drop(conv_gelu(x, w, b, onednn=onednn))
+
+
+def stem_conv_gelu_bn_(x: torch.Tensor, conv: nn.Conv2d, bn: _BatchNorm,
+                       onednn: bool) -> torch.Tensor:
+    """``bn(gelu(conv(x)))`` for inference with an eval-mode ``bn``: conv
+    and GELU (one oneDNN call where ``onednn``), then the BatchNorm's affine
+    map in place on that fresh output."""
+    x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
+                  conv.padding[0], onednn)
+    scale, shift = bn_scale_shift(bn)
+    return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
 
 
 # ---------------------------------------------------------------------------
@@ -433,6 +432,16 @@ def store_contiguous(module: nn.Module) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast gives a convolution on ``t``'s device, or None
+    outside autocast: the question ``torch.amp.custom_fwd`` asks, for the
+    device of the data (CUDA AMP and CPU autocast alike)."""
+    device = t.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
 class GELUDepthwiseConv(torch.autograd.Function):
     """``conv2d(gelu(a), weight, bias, groups=channels)`` that keeps ``a``
     and recomputes ``gelu(a)`` in backward instead of storing it.
@@ -441,6 +450,8 @@ class GELUDepthwiseConv(torch.autograd.Function):
     output (for the convolution's weight gradient): two copies of the
     4x-wide hidden map of every ConvFFN. Recomputing the GELU is one
     elementwise pass; the values and gradients are those of the two ops.
+    All tensors have one dtype (:func:`gelu_dwconv` casts them as autocast
+    would); the gradients of a cast are cast back by autograd.
     """
 
     @staticmethod
@@ -456,7 +467,7 @@ class GELUDepthwiseConv(torch.autograd.Function):
         need_a, need_w, need_b = ctx.needs_input_grad[:3]
         p = ctx.padding
         gy, gw, gb = torch.ops.aten.convolution_backward(
-            grad, F.gelu(a), weight,
+            grad.to(a.dtype), F.gelu(a), weight,
             [weight.shape[0]] if ctx.has_bias else None, [1, 1], [p, p],
             [1, 1], False, [0, 0], a.shape[1],
             [need_a, need_w, need_b and ctx.has_bias])
@@ -468,7 +479,9 @@ class GELUBatchNorm(torch.autograd.Function):
     """``batch_norm(gelu(a))`` in training mode, keeping ``a`` and
     recomputing ``gelu(a)`` in backward (the stem's conv -> GELU -> BN at
     full and half resolution). Running statistics are updated as
-    ``nn.BatchNorm2d`` does (the caller passes the averaging factor)."""
+    ``nn.BatchNorm2d`` does (the caller passes the averaging factor); the
+    affine parameters and statistics stay float32 beside a half-precision
+    ``a``, as ``F.batch_norm`` keeps them under autocast."""
 
     @staticmethod
     def forward(ctx, a, weight, bias, running_mean, running_var,
@@ -485,8 +498,8 @@ class GELUBatchNorm(torch.autograd.Function):
         a, weight, mean, invstd = ctx.saved_tensors
         need_a, need_w, need_b = ctx.needs_input_grad[:3]
         gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=_memory_format(a)), F.gelu(a),
-            weight, None, None, mean, invstd, True, ctx.eps,
+            grad.to(a.dtype).contiguous(memory_format=_memory_format(a)),
+            F.gelu(a), weight, None, None, mean, invstd, True, ctx.eps,
             [need_a, need_w and weight is not None,
              need_b and weight is not None])
         ga = torch.ops.aten.gelu_backward(gy, a) if need_a else None
@@ -499,42 +512,72 @@ def _memory_format(t: torch.Tensor):
         not t.is_contiguous() else torch.contiguous_format
 
 
-def gelu_dwconv(a: torch.Tensor, act: nn.Module, dwconv: nn.Module,
-                drop: nn.Dropout) -> torch.Tensor:
-    """``dwconv(drop(gelu(a)))`` for a residual depthwise ``dwconv``
-    (:class:`~.stvit.ResDWC`); in training without dropout, GELU's output
-    is not stored (:class:`GELUDepthwiseConv`)."""
-    conv = dwconv.conv
-    if (not drop.p or not drop.training) and execution.lean_autograd(
-            a, conv.weight, conv.bias):
-        return GELUDepthwiseConv.apply(a, dwconv.folded_weight(), conv.bias,
+def gelu_dwconv(a: torch.Tensor, dwconv: nn.Module) -> torch.Tensor:
+    """``dwconv(gelu(a))`` for a residual depthwise ``dwconv``
+    (:class:`~.stvit.ResDWC`) in training, without storing GELU's output
+    (:class:`GELUDepthwiseConv`). Under autocast the operands are cast as
+    autocast casts a convolution's, and the function runs with autocast off
+    (what ``torch.amp.custom_fwd(cast_inputs=...)`` does)."""
+    weight, bias = dwconv.folded_weight(), dwconv.conv.bias
+    dtype = _autocast_dtype(a)
+    if dtype is not None:
+        a, weight = a.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast(a.device.type, enabled=False):
+        return GELUDepthwiseConv.apply(a, weight, bias,
                                        dwconv.kernel_size // 2)
-    return dwconv(drop(act(a)))
 
 
-def conv_gelu_bn(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module,
-                 bn: _BatchNorm) -> torch.Tensor:
-    """``bn(act(conv(x)))`` for a GELU ``act``: one stem layer.
-
-    Inference: conv + GELU in one oneDNN call, then the BatchNorm's affine
-    map in place on that fresh output. Training: GELU -> BN without storing
-    GELU's output (the largest maps of the network), with the running
-    statistics updated as ``nn.BatchNorm2d`` does. SyncBN, frozen BN and
-    everything else take the modules' own path.
-    """
-    plain_bn = type(bn) is nn.BatchNorm2d
-    if not bn.training and plain_bn and bn.track_running_stats and \
-            execution.fused_cpu((x, ), (conv.weight, )):
-        x = conv_gelu(x, conv.weight, conv.bias, conv.stride[0],
-                      conv.padding[0])
-        scale, shift = bn_scale_shift(bn)
-        return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
-    x = conv(x)
-    if plain_bn and bn.training and bn.track_running_stats and \
-            execution.lean_autograd(x, bn.weight):
-        bn.num_batches_tracked.add_(1)
-        factor = (1. / float(bn.num_batches_tracked)
-                  if bn.momentum is None else bn.momentum)
+def gelu_batch_norm(x: torch.Tensor, bn: _BatchNorm) -> torch.Tensor:
+    """``bn(gelu(x))`` for a training-mode ``nn.BatchNorm2d`` that tracks
+    running statistics, without storing GELU's output
+    (:class:`GELUBatchNorm`); the statistics are updated as the module
+    updates them."""
+    bn.num_batches_tracked.add_(1)
+    factor = (1. / float(bn.num_batches_tracked)
+              if bn.momentum is None else bn.momentum)
+    with torch.autocast(x.device.type, enabled=False):
         return GELUBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean,
                                    bn.running_var, factor, bn.eps)
-    return bn(act(x))
+
+
+def lean_bn(bn: nn.Module) -> bool:
+    """:func:`gelu_batch_norm` can stand in for ``bn``: a plain
+    ``nn.BatchNorm2d`` in training mode with running statistics (SyncBN and
+    the rest keep their own forward)."""
+    return type(bn) is nn.BatchNorm2d and bn.training and \
+        bn.track_running_stats
+
+
+# ---------------------------------------------------------------------------
+# activation checkpointing
+# ---------------------------------------------------------------------------
+
+
+class _RestoreBuffers:
+    """Puts every buffer of a module back as it was when entered."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.saved = [(b, b.detach().clone())
+                      for b in self.module.buffers()]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for b, value in self.saved:
+                b.copy_(value)
+        self.saved = []
+        return False
+
+
+def keep_buffers_on_recompute(module: nn.Module):
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint`` (non-reentrant)
+    that runs the forward as usual and puts ``module``'s buffers back after
+    the recomputation in backward: a checkpointed block updates BatchNorm
+    running statistics (and ``num_batches_tracked``) once per step, as
+    without checkpointing, for any kind of normalization layer, instead of
+    a second time when backward recomputes it (mmdet's ResNet ``with_cp``
+    does the latter)."""
+    return lambda: (contextlib.nullcontext(), _RestoreBuffers(module))

@@ -3,10 +3,13 @@
 
 Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023.
 
-This file is the model, written as the paper's maths; how it runs fast is in
-:mod:`.kernels` and which way it runs is decided in :mod:`.execution` (see
-``docs/architecture.md``). Module and parameter names follow the authors'
-``models/stvit.py`` so that their ImageNet checkpoints load as they are.
+This file is the model, written as the paper's maths. How it runs fast is in
+:mod:`.kernels`; which kernels run is the model's plan
+(:class:`~.execution.Kernels`), fixed when it is built and changed only by
+:meth:`STViT.set_kernels`, :func:`~.execution.use_kernels` or
+:meth:`STViT.switch_to_deploy` (see ``docs/architecture.md``). Module and
+parameter names follow the authors' ``models/stvit.py`` so that their
+ImageNet checkpoints load as they are.
 
 The network (per block, ``x`` an NCHW map)::
 
@@ -23,7 +26,7 @@ association Q of each pixel with the 3x3 super tokens around its cell,
     (3) S = MHSA(S)                            stoken_refine
     (4) X = Q S                                token upsampling
 """
-import copy
+import contextlib
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -35,200 +38,18 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import execution, kernels
+from .execution import Kernels
+from .kernels import store_channels_last
+from .modules import (ConvBN, ConvFFN, ConvStem, DropPath, IdentityKernel,
+                      LayerNorm2d, MultiheadConvAttention, Planned, ResDWC,
+                      _pair, parse_arch, per_stage)
 
-# ---------------------------------------------------------------------------
-# small helpers
-# ---------------------------------------------------------------------------
-
-
-def _pair(x) -> Tuple[int, int]:
-    if isinstance(x, int):
-        return (x, x)
-    x = tuple(int(v) for v in x)
-    if len(x) != 2:
-        raise ValueError(f'a super token size must be an int or a pair of '
-                         f'ints, got {x!r}')
-    return x
-
-
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth per sample (as timm's ``DropPath``)."""
-    if p == 0. or not training:
-        return x
-    keep = 1 - p
-    shape = (x.shape[0], ) + (1, ) * (x.ndim - 1)
-    mask = x.new_empty(shape).bernoulli_(keep)
-    return x * mask.div_(keep)
-
-
-class DropPath(nn.Module):
-
-    def __init__(self, drop_prob: float = 0.):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x):
-        return drop_path(x, self.drop_prob, self.training)
-
-    def extra_repr(self):
-        return f'drop_prob={self.drop_prob:.3f}'
-
-
-class IdentityKernel(nn.Module):
-    """Holds the (9, 1, 3, 3) identity kernel of the official Unfold/Fold.
-
-    The authors store it in every block's state dict as a frozen Parameter;
-    it is kept here as a persistent buffer so that checkpoints round-trip
-    with identical keys. Only the reference graph (tracing) convolves with
-    it; the eager path gathers the same neighbours with slices.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer('weights', torch.eye(9).reshape(9, 1, 3, 3))
-
-
-# ---------------------------------------------------------------------------
-# building blocks
-# ---------------------------------------------------------------------------
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of an NCHW map (eps 1e-6)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, x):
-        # For a channels-last tensor the permutes are free views.
-        y = F.layer_norm(
-            x.permute(0, 2, 3, 1), self.norm.normalized_shape,
-            self.norm.weight, self.norm.bias, self.norm.eps)
-        return y.permute(0, 3, 1, 2)
-
-
-class ResDWC(nn.Module):
-    """x + depthwise3x3(x), computed as one convolution.
-
-    The residual is folded into the kernel's centre tap, which is exact in
-    value and gradient (the authors left the same idea commented out).
-    """
-
-    def __init__(self, dim: int, kernel_size: int = 3):
-        super().__init__()
-        self.dim = dim
-        self.kernel_size = kernel_size
-        self.conv = nn.Conv2d(
-            dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
-
-    def folded_weight(self) -> torch.Tensor:
-        """The depthwise kernel with 1 added at the centre tap."""
-        w = self.conv.weight
-        c = self.kernel_size // 2
-        delta = torch.zeros_like(w)
-        delta[:, :, c, c] = 1
-        return w + delta
-
-    def forward(self, x):
-        if execution.traced():  # plain ops: the residual as written
-            return x + self.conv(x)
-        c = self.kernel_size // 2
-        return F.conv2d(x, self.folded_weight(), self.conv.bias, 1, c, 1,
-                        self.dim)
-
-
-class ConvFFN(nn.Module):
-    """``mlp2``: fc2(h + DWConv(h)), h = GELU(fc1(x)), 1x1 convs, ratio 4."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.):
-        super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act1 = nn.GELU()
-        self.conv = ResDWC(hidden, 3)
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x, bn: Optional[_BatchNorm] = None,
-                identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None):
-        """``fc2(dwconv(gelu(fc1(bn(x)))))``, times ``gamma`` (layer scale,
-        (1, C, 1, 1)) and plus ``identity`` when they are given.
-
-        ``identity`` may be overwritten with the sum when no gradient is
-        needed: pass only a tensor you own.
-        """
-        if bn is not None and not bn.training and not execution.traced():
-            # inference: the BatchNorm folds into fc1 (exact)
-            h = self.conv(kernels.bn_conv_gelu(x, bn, self.fc1, self.act1,
-                                               self.drop))
-        else:
-            if bn is not None:
-                x = bn(x)
-            h = kernels.gelu_dwconv(self.fc1(x), self.act1, self.conv,
-                                    self.drop)
-        return kernels.project_residual(h, self.fc2, self.drop, identity,
-                                        gamma)
-
-
-class MultiheadConvAttention(nn.Module):
-    """Global multi-head self-attention over an NCHW map (``stoken_refine``).
-
-    qkv is a 1x1 convolution whose output channels are laid out per head as
-    (head, [q|k|v], head_dim), as in the authors' code.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0.):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f'embed dim {dim} is not divisible by '
-                             f'num_heads {num_heads}')
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim**-0.5
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Conv2d(dim, dim, 1)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def qkv_heads(self, x):
-        """(B, C, H, W) -> q, k, v each (B, heads, N, head_dim).
-
-        Read through the channels-last view of the qkv map, so no copy is
-        made when the network runs channels last (the default).
-        """
-        B, C, H, W = x.shape
-        qkv = F.conv2d(x, self.qkv.weight, self.qkv.bias)
-        qkv = kernels.nhwc(qkv).reshape(B, H * W, self.num_heads, 3,
-                                        self.head_dim)
-        return qkv.permute(3, 0, 2, 1, 4).unbind(0)
-
-    def attention_weights(self, x):
-        """Softmax attention (B, heads, N_query, N_key), for visualisation."""
-        q, k, _ = self.qkv_heads(x)
-        return ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
-
-    def forward(self, x, identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None):
-        """Attention output, times ``gamma`` (layer scale, (1, C, 1, 1)) and
-        plus ``identity`` when given (``identity`` may be overwritten with
-        the sum when no gradient is needed: pass only a tensor you own)."""
-        B, C, H, W = x.shape
-        q, k, v = self.qkv_heads(x)
-        if execution.traced():  # plain ops: explicit softmax
-            attn = ((q @ k.transpose(-1, -2)) * self.scale).softmax(-1)
-            out = self.attn_drop(attn) @ v
-        else:
-            p = self.attn_drop.p if self.training else 0.
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=p, scale=self.scale)
-        # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
-        out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return kernels.project_residual(out, self.proj, self.proj_drop,
-                                        identity, gamma)
+__all__ = [
+    'STViT', 'STViTStage', 'STViTBlock', 'StokenAttention', 'StokenGrid',
+    'SuperTokenSampling', 'ConvStem', 'ConvFFN', 'ConvBN', 'ResDWC',
+    'MultiheadConvAttention', 'LayerNorm2d', 'DropPath', 'IdentityKernel',
+    'Planned'
+]
 
 
 class StokenGrid(NamedTuple):
@@ -265,7 +86,7 @@ class SuperTokenSampling(NamedTuple):
     grid: StokenGrid
 
 
-class StokenAttention(nn.Module):
+class StokenAttention(Planned, nn.Module):
     """Super token attention: sampling, self-attention, upsampling.
 
     For a super token size ``s`` (a pair) the map is padded right/bottom to a
@@ -275,7 +96,8 @@ class StokenAttention(nn.Module):
     without gradient; the super tokens are the association-weighted means of
     their pixels; multi-head self-attention mixes them; and each pixel is
     rebuilt from its 3x3 super tokens with the same association. With
-    ``s == (1, 1)`` this is plain global self-attention.
+    ``s == (1, 1)`` this is plain global self-attention. Sampling runs in
+    float32 in every precision (its normaliser sums up to 9 s^2 weights).
     """
 
     def __init__(self, dim: int, stoken_size, n_iter: int = 1,
@@ -307,10 +129,8 @@ class StokenAttention(nn.Module):
         """Runs super token sampling on ``x`` (B, C, H0, W0) and returns its
         results (:class:`SuperTokenSampling`)."""
         B, C, H0, W0 = x.shape
-        if execution.traced():
-            # a trace has a fixed input size: plain ints keep the shapes
-            # below static for exporters (ONNX cannot infer through // and %)
-            H0, W0 = int(H0), int(W0)
+        # plain ints: the shapes below stay static for tracers and exporters
+        H0, W0 = int(H0), int(W0)
         sh, sw = self.stoken_size
         pad_b, pad_r = (-H0) % sh, (-W0) % sw
         if pad_b or pad_r:
@@ -318,23 +138,22 @@ class StokenAttention(nn.Module):
         H, W = H0 + pad_b, W0 + pad_r
         hh, ww = H // sh, W // sw
         n, P = hh * ww, sh * sw
+        how = self.use.neighbourhoods
 
-        # initial grid: the mean of each cell, (B, C, hh, ww)
-        if torch.onnx.is_in_onnx_export():
-            # ONNX pools to constant sizes only: the same cell means
-            stokens = F.avg_pool2d(x, (sh, sw))
-        else:
-            stokens = F.adaptive_avg_pool2d(x, (hh, ww))
+        # initial grid: the mean of each cell, (B, C, hh, ww) (the authors
+        # pool adaptively to (hh, ww): on the padded map the same means, and
+        # this form exports to ONNX for any input size)
+        stokens = F.avg_pool2d(x, (sh, sw))
         pixels = x.reshape(B, C, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1)
         pixels = pixels.reshape(B, n, P, C)
 
         with torch.no_grad():
             for it in range(self.n_iter):
                 # (1) Q = softmax(X S^T / sqrt(C)) over the 3x3 neighbours
-                neigh = kernels.neighbours(stokens, self.unfold.weights)
+                neigh = kernels.neighbours(stokens, how, self.unfold.weights)
                 assoc = ((pixels @ neigh) * self.scale).softmax(-1)
                 assoc_sum = kernels.scatter_to_neighbours(
-                    assoc.sum(2).unsqueeze(-2), hh, ww,
+                    assoc.sum(2).unsqueeze(-2), hh, ww, how,
                     self.fold.weights)  # (B, 1, hh, ww)
                 if it < self.n_iter - 1:
                     stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
@@ -347,51 +166,44 @@ class StokenAttention(nn.Module):
         # (B, n, C, 9): what each cell's pixels send to its 9 neighbours
         sent = pixels.transpose(-1, -2) @ assoc
         return kernels.scatter_to_neighbours(
-            sent, hh, ww, self.fold.weights) / (assoc_sum + 1e-12)
-
-    def _associate_in_float32(self, x: torch.Tensor) -> SuperTokenSampling:
-        if x.dtype in (torch.float16, torch.bfloat16) or \
-                torch.is_autocast_enabled(x.device.type):
-            # The association sums up to s*s*9 weights and its update sums
-            # s*s products: both run in float32 so half precision can
-            # neither overflow nor lose the normaliser.
-            with torch.autocast(x.device.type, enabled=False):
-                return self.associate(x.float())
-        return self.associate(x)
+            sent, hh, ww, self.use.neighbourhoods,
+            self.fold.weights) / (assoc_sum + 1e-12)
 
     # -- equation (4): token upsampling --------------------------------------
     def upsample(self, assoc: torch.Tensor, stokens: torch.Tensor,
-                 grid: StokenGrid,
-                 identity: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """X = Q S, cropped to the input size, plus ``identity`` if given
-        (which may be overwritten with the sum when no gradient is
-        needed)."""
-        if execution.tracing():
-            out = kernels.upsample_reference(assoc, stokens,
-                                             self.fold.weights,
-                                             self.stoken_size, grid.hh,
-                                             grid.ww)
-        else:
-            out = kernels.upsample(assoc, stokens, self.stoken_size, grid.hh,
-                                   grid.ww, identity, grid.padded)
-            if out is identity:  # added in place
-                return identity
+                 grid: StokenGrid, identity: Optional[torch.Tensor] = None,
+                 drop_path: Optional[nn.Module] = None) -> torch.Tensor:
+        """``identity + drop_path(Q S)``, cropped to the input size, without
+        the terms that are not given (``identity``: as in
+        :meth:`ConvFFN.forward`)."""
+        how = self.use.neighbourhoods
+        if self.use.inplace and identity is not None and not grid.padded:
+            return kernels.upsample_add_(identity, assoc, stokens,
+                                         self.stoken_size, grid.hh, grid.ww,
+                                         how)
+        out = kernels.upsample(assoc, stokens, self.stoken_size, grid.hh,
+                               grid.ww, how, self.fold.weights)
         if grid.padded:
             out = out[:, :, :grid.H0, :grid.W0]
+        if drop_path is not None:
+            out = drop_path(out)
         return out if identity is None else identity + out
 
     def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Super token attention of ``x``, times ``gamma`` (layer scale) and
-        plus ``identity`` when they are given; ``identity`` may be
-        overwritten with the sum when no gradient is needed."""
+                gamma: Optional[torch.Tensor] = None,
+                drop_path: Optional[nn.Module] = None) -> torch.Tensor:
+        """``identity + drop_path(gamma * STA(x))`` without the terms that are
+        not given (``identity``: as in :meth:`ConvFFN.forward`)."""
         if not self.uses_super_tokens:
-            return self.stoken_refine(x, identity, gamma)
-        sampling = self._associate_in_float32(x)  # (1) and (2)
+            return self.stoken_refine(x, identity, gamma, drop_path)
+        with torch.autocast(x.device.type, enabled=False):
+            sampling = self.associate(x.float())  # (1) and (2)
         # (3); layer scale is per channel: it commutes with the upsampling
-        stokens = self.stoken_refine(sampling.stokens, gamma=gamma)
+        stokens = self.stoken_refine(sampling.stokens.to(x.dtype),
+                                     gamma=gamma)
         assoc = sampling.assoc.to(stokens.dtype)
-        return self.upsample(assoc, stokens, sampling.grid, identity)  # (4)
+        return self.upsample(assoc, stokens, sampling.grid, identity,
+                             drop_path)  # (4)
 
 
 class STViTBlock(nn.Module):
@@ -422,62 +234,11 @@ class STViTBlock(nn.Module):
         x = self.pos_embed(x)  # x + DWConv(x)
         g1, g2 = (self.gamma_1, self.gamma_2) if self.layer_scale else \
             (None, None)
-        if execution.tracing() or (self.training and
-                                   isinstance(self.drop_path, DropPath)):
-            # as written: x + drop_path(gamma * branch(x))
-            y = self.attn(self.norm1(x))
-            x = x + self.drop_path(y if g1 is None else g1 * y)
-            y = self.mlp2(x, bn=self.norm2)
-            return x + self.drop_path(y if g2 is None else g2 * y)
-        # No stochastic depth: each branch adds gamma * branch(x) to the
-        # residual itself (in place when no gradient is needed: x is
-        # pos_embed's own output).
-        x = self.attn(self.norm1(x), identity=x, gamma=g1)
-        return self.mlp2(x, bn=self.norm2, identity=x, gamma=g2)
-
-
-class ConvBN(nn.Module):
-    """``proj`` = Sequential(conv3x3 stride 2, BN): the stage downsample."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, 2, 1),
-            nn.BatchNorm2d(out_channels))
-
-    def forward(self, x):
-        conv, bn = self.proj
-        if bn.training or execution.traced():
-            return bn(conv(x))
-        return kernels.conv_bn_folded(x, conv, bn)  # inference: BN folded
-
-
-class ConvStem(nn.Module):
-    """``patch_embed``: four 3x3 convs (strides 2, 1, 2, 1), each -> GELU -> BN.
-    """
-
-    def __init__(self, in_channels: int, embed_dim: int):
-        super().__init__()
-        half = embed_dim // 2
-        layers = []
-        for cin, cout, stride in ((in_channels, half, 2), (half, half, 1),
-                                  (half, embed_dim, 2),
-                                  (embed_dim, embed_dim, 1)):
-            layers += [
-                nn.Conv2d(cin, cout, 3, stride, 1),
-                nn.GELU(),
-                nn.BatchNorm2d(cout)
-            ]
-        self.proj = nn.Sequential(*layers)
-
-    def forward(self, x):
-        layers = list(self.proj)
-        for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
-            if execution.tracing():
-                x = bn(act(conv(x)))
-            else:  # the same, fused or memory-lean where it can be
-                x = kernels.conv_gelu_bn(x, conv, act, bn)
-        return x
+        dp = self.drop_path if self.training and \
+            isinstance(self.drop_path, DropPath) else None
+        # x + drop_path(gamma * branch(x)), each branch adding its residual
+        x = self.attn(self.norm1(x), identity=x, gamma=g1, drop_path=dp)
+        return self.mlp2(x, bn=self.norm2, identity=x, gamma=g2, drop_path=dp)
 
 
 class STViTStage(nn.Module):
@@ -486,7 +247,9 @@ class STViTStage(nn.Module):
     ``forward`` runs the blocks and returns the stage's features (what the
     backbone outputs for this stage, so a forward hook on ``layers[i]`` sees
     them); the backbone applies ``downsample`` to them to feed the next
-    stage, as in the paper where the downsample ends the stage.
+    stage, as in the paper where the downsample ends the stage. With
+    ``with_cp`` each block is recomputed in backward, its BatchNorm
+    statistics updated once (:func:`~.kernels.keep_buffers_on_recompute`).
     """
 
     def __init__(self, depth: int, dim: int, out_dim: Optional[int],
@@ -502,23 +265,27 @@ class STViTStage(nn.Module):
 
     def forward(self, x):
         for blk in self.blocks:
-            if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-                x = cp.checkpoint(blk, x, use_reentrant=False)
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                x = cp.checkpoint(
+                    blk, x, use_reentrant=False,
+                    context_fn=kernels.keep_buffers_on_recompute(blk))
             else:
                 x = blk(x)
         return x
 
 
 # ---------------------------------------------------------------------------
-# ---------------------------------------------------------------------------
 # the backbone
 # ---------------------------------------------------------------------------
 
 
-def _keep_channels_last(module: nn.Module, incompatible_keys) -> None:
+def _after_load(module: nn.Module, incompatible_keys) -> None:
     """Post-hook of ``load_state_dict``: with ``assign=True`` the file's
-    tensors replace the parameters; lay them out channels last again."""
-    kernels.store_channels_last(module)
+    tensors replace the parameters; lay them out channels last again and
+    re-decide a deployed model's oneDNN kernels for their dtype."""
+    if module.channels_last:
+        kernels.store_channels_last(module)
+    module._redeploy()
 
 
 def _registry_decorator():
@@ -528,7 +295,7 @@ def _registry_decorator():
 
 
 @_registry_decorator()
-class STViT(BaseModule):
+class STViT(Planned, BaseModule):
     """Super Token Vision Transformer backbone.
 
     Args:
@@ -558,7 +325,9 @@ class STViT(BaseModule):
             stages 0..k-1 (with their downsamples). Defaults to -1.
         norm_eval (bool): Keep every BatchNorm in eval mode while training.
             Defaults to False.
-        with_cp (bool): Activation checkpointing per block. Defaults False.
+        with_cp (bool): Activation checkpointing per block; outputs,
+            gradients and BatchNorm statistics are those without it.
+            Defaults to False.
         channels_last (bool): Run the network in channels-last memory
             format (faster convolutions on CPU and tensor cores); outputs
             are returned NCHW-contiguous either way. Its convolution
@@ -566,10 +335,17 @@ class STViT(BaseModule):
             come, so that DistributedDataParallel copies no gradient into
             its buckets (:func:`~.kernels.store_channels_last`). Defaults
             to True.
+        kernels (str | Kernels): The kernel plan: ``'fast'`` (default),
+            ``'plain'`` or ``'reference'`` (:mod:`.execution`). Fixed here;
+            change it with :meth:`set_kernels` or :meth:`switch_to_deploy`.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
             checkpoint=PATH, prefix=None)`` loads the authors' ImageNet file
             as it is, or any mm checkpoint of an STViT model.
+
+    Shapes: input (B, in_channels, H, W), any H, W >= 1; output a tuple of
+    (B, embed_dims[i], ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) maps for
+    ``i`` in ``out_indices``, in the input's dtype (or autocast's).
     """
 
     arch_zoo = {
@@ -611,6 +387,7 @@ class STViT(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  channels_last: bool = True,
+                 kernels: Union[str, Kernels] = 'fast',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         if pretrained is not None:
@@ -623,7 +400,7 @@ class STViT(BaseModule):
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
 
-        self.arch_settings = self._parse_arch(arch)
+        self.arch_settings = parse_arch(arch, self.arch_zoo, self.arch_names)
         self.arch = arch if isinstance(arch, str) else 'custom'
         dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
@@ -633,10 +410,11 @@ class STViT(BaseModule):
         self.num_stages = num_stages
         self.embed_dims = list(dims)
 
-        self.stoken_size = self._per_stage(stoken_size, 'stoken_size',
-                                           num_stages)
-        self.stoken_size = [_pair(s) for s in self.stoken_size]
-        self.n_iter = [int(v) for v in self._per_stage(n_iter, 'n_iter',
+        self.stoken_size = [
+            _pair(s)
+            for s in per_stage(stoken_size, 'stoken_size', num_stages)
+        ]
+        self.n_iter = [int(v) for v in per_stage(n_iter, 'n_iter',
                                                        num_stages)]
 
         if isinstance(out_indices, int):
@@ -676,54 +454,12 @@ class STViT(BaseModule):
                     dims[i + 1] if i < num_stages - 1 else None, block_cfg,
                     dpr[start:start + depths[i]], with_cp=with_cp))
             start += depths[i]
+        self.set_kernels(kernels)
         self._freeze_stages()
         if channels_last:
-            kernels.store_channels_last(self)
-            # load_state_dict(assign=True) puts the file's tensors in place
-            self.register_load_state_dict_post_hook(_keep_channels_last)
-
-    # -- construction helpers ---------------------------------------------
-    @classmethod
-    def _parse_arch(cls, arch) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise KeyError(
-                    f'STViT: unknown arch {arch!r}; choose one of '
-                    f"{', '.join(repr(a) for a in cls.arch_names)} (or 's', "
-                    "'b', 'l'), or pass a dict with keys 'embed_dims', "
-                    "'depths', 'num_heads' and optionally 'layer_scale'")
-            return copy.deepcopy(cls.arch_zoo[key])
-        if not isinstance(arch, dict):
-            raise TypeError(f'STViT: arch must be a str or a dict, got '
-                            f'{type(arch).__name__}')
-        need = {'embed_dims', 'depths', 'num_heads'}
-        missing = need - set(arch)
-        extra = set(arch) - need - {'layer_scale'}
-        if missing or extra:
-            raise KeyError(
-                f'STViT: a custom arch dict needs the keys {sorted(need)} '
-                f"(and optionally 'layer_scale'); missing {sorted(missing)},"
-                f' unknown {sorted(extra)}')
-        arch = copy.deepcopy(dict(arch))
-        n = len(arch['depths'])
-        if not (len(arch['embed_dims']) == len(arch['num_heads']) == n):
-            raise ValueError('STViT: embed_dims, depths and num_heads must '
-                             'have one entry per stage')
-        arch.setdefault('layer_scale', [False] * n)
-        if len(arch['layer_scale']) != n:
-            raise ValueError('STViT: layer_scale needs one bool per stage')
-        return arch
-
-    @staticmethod
-    def _per_stage(value, name, n):
-        if isinstance(value, (int, float)):
-            return [value] * n
-        value = list(value)
-        if len(value) != n:
-            raise ValueError(f'STViT: {name} needs one entry per stage '
-                             f'({n}), got {value!r}')
-        return value
+            store_channels_last(self)
+        # load_state_dict(assign=True) puts the file's tensors in place
+        self.register_load_state_dict_post_hook(_after_load)
 
     # -- training-mode behaviour --------------------------------------------
     def _frozen_modules(self):
@@ -739,6 +475,10 @@ class STViT(BaseModule):
                 p.requires_grad = False
 
     def train(self, mode: bool = True):
+        if mode and self.use.inference_only:
+            raise RuntimeError(
+                'STViT: this backbone was switched to deploy (inference '
+                'only); build it again (and load its weights) to train it')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -747,7 +487,46 @@ class STViT(BaseModule):
                     m.eval()
         return self
 
-    # -- weights -------------------------------------------------------------
+    # -- the kernel plan -----------------------------------------------------
+    @property
+    def kernels(self) -> Kernels:
+        """The kernel plan the model runs (:class:`~.execution.Kernels`)."""
+        return self.use
+
+    def set_kernels(self, plan: Union[str, Kernels]) -> 'STViT':
+        """Runs the whole backbone with ``plan`` from now on: ``'fast'``,
+        ``'plain'``, ``'reference'`` or a :class:`~.execution.Kernels`
+        (``ValueError`` otherwise). Returns ``self``."""
+        plan = execution.resolve(plan)
+        for m in self.modules():
+            if isinstance(m, Planned):
+                m.use = plan
+        return self
+
+    def switch_to_deploy(self) -> 'STViT':
+        """Makes the backbone inference-only (mmpretrain's
+        ``switch_to_deploy`` idiom): eval mode, no parameter requires a
+        gradient, residual sums accumulated in place and, while the
+        parameters are float32 on a CPU, oneDNN convolutions with GELU as a
+        post-op (decided now and again when the model moves: ``.to``,
+        ``.half()``, ``.cuda()``). Outputs equal the ``fast`` plan's within
+        float rounding. ``train()`` then raises: build the model again to
+        train it. Returns ``self``."""
+        self.eval()
+        self.requires_grad_(False)
+        return self.set_kernels(
+            execution.deploy_plan(execution.onednn_serves(self)))
+
+    def _redeploy(self) -> None:
+        if self.use.inference_only:
+            self.set_kernels(
+                execution.deploy_plan(execution.onednn_serves(self)))
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._redeploy()  # a moved or cast deployed model: its kernels
+        return self
+
     def init_weights(self):
         """``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an
         official or mm checkpoint strictly (every backbone tensor, with its
@@ -788,59 +567,33 @@ class STViT(BaseModule):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'STViT got an empty image of size '
                              f'{x.shape[2]}x{x.shape[3]}')
+        if self.use.inference_only and torch.is_grad_enabled() and \
+                x.requires_grad:
+            raise RuntimeError(
+                'STViT: a deployed backbone computes no gradients; build it '
+                'again without switch_to_deploy() to differentiate it')
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.pos_drop(self.patch_embed(x))
-        outs = []
-        for i, stage in enumerate(self.layers):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x.contiguous())
-            if stage.downsample is not None:
-                x = stage.downsample(x)
+        # oneDNN's kernels run float32: autocast does not apply to them
+        with torch.autocast(x.device.type, enabled=False) if \
+                self.use.onednn else contextlib.nullcontext():
+            x = self.pos_drop(self.patch_embed(x))
+            outs = []
+            for i, stage in enumerate(self.layers):
+                x = stage(x)
+                if i in self.out_indices:
+                    outs.append(x.contiguous())
+                if stage.downsample is not None:
+                    x = stage.downsample(x)
         return tuple(outs)
 
     # -- layer-wise learning-rate decay --------------------------------------
     def get_layer_depth(self, param_name: str, prefix: str = '',
                         decay_type: str = 'layer_wise') -> Tuple[int, int]:
-        """The depth of a parameter, for layer-wise learning-rate decay.
-
-        The semantics of mmpretrain's ``get_layer_depth`` (as its Swin
-        Transformer's): returns ``(depth, num_layers)`` with the stem at
-        depth 0, block ``j`` of stage ``i`` at ``sum(depths[:i]) + j + 1``,
-        the downsample that ends stage ``i`` at the depth of that stage's last
-        block, and anything else (a parameter not under ``prefix``: neck,
-        heads) at ``num_layers - 1``, where ``num_layers = sum(depths) + 2``.
-
-        With ``decay_type='stage_wise'`` the unit is a stage instead of a
-        block: the stem is 0, stage ``i`` (blocks and downsample) is
-        ``i + 1``, the rest ``num_stages + 1``, out of ``num_stages + 2``.
-
-        Args:
-            param_name (str): The parameter's name in the model.
-            prefix (str): What the backbone's parameters start with in the
-                model (``'backbone.'`` in a detector). Defaults to ''.
-            decay_type (str): ``'layer_wise'`` or ``'stage_wise'``.
+        """``(depth, num_layers)`` of a parameter for layer-wise (or
+        ``decay_type='stage_wise'``) learning-rate decay, mmpretrain's
+        convention; see :func:`mmstvit.engine.layer_decay.stvit_layer_depth`.
         """
-        depths = self.arch_settings['depths']
-        if decay_type == 'layer_wise':
-            num_layers = sum(depths) + 2
-        elif decay_type == 'stage_wise':
-            num_layers = self.num_stages + 2
-        else:
-            raise ValueError(f"STViT: decay_type must be 'layer_wise' or "
-                             f"'stage_wise', got {decay_type!r}")
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        parts = param_name[len(prefix):].split('.')
-        if parts[0] == 'patch_embed':
-            return 0, num_layers
-        if parts[0] == 'layers' and len(parts) > 2:
-            stage = int(parts[1])
-            if decay_type == 'stage_wise':
-                return stage + 1, num_layers
-            if parts[2] == 'blocks':
-                return sum(depths[:stage]) + int(parts[3]) + 1, num_layers
-            if parts[2] == 'downsample':
-                return sum(depths[:stage + 1]), num_layers
-        return num_layers - 1, num_layers
+        from mmstvit.engine.layer_decay import stvit_layer_depth
+        return stvit_layer_depth(self.arch_settings['depths'], param_name,
+                                 prefix, decay_type)
