@@ -302,6 +302,10 @@ def test_wheel_works_on_its_own(dists, tmp_path_factory):
     assert 'Iter(train) [1/1]' in log and 'loss:' in log, log[-3000:]
     dumped = (project / 'work' / 'det_stvit.py').read_text()
     assert "type='STViT'" in dumped and 'mmstvit' in dumped
+    # and mmstvit's own tools/test.py, from the installed package
+    log = run([python, '-m', 'mmstvit', 'test', 'det_stvit.py',
+               'work/iter_1.pth', '--work-dir', 'test'], project, env=env)
+    assert 'Iter(test) [2/2]' in log, log[-3000:]
 
 
 # ---------------------------------------------------- editable install ----
