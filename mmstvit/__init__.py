@@ -17,6 +17,11 @@ CPU) in its root ``OPTIM_WRAPPERS``, and ``ResumableCheckpointHook``
 (checkpoints a crash cannot tear, resumes that continue bit for bit) in its
 root ``HOOKS``: ``default_hooks = dict(checkpoint=dict(
 type='ResumableCheckpointHook'))``.
+
+It also teaches mmengine the ``mmstvit::`` config scope
+(``_base_ = 'mmstvit::mask_rcnn/mask_rcnn_stvit_s_1x.py'``; see
+``_mmstvit_scope``, which an installed mmstvit already runs at start-up) and
+finds its configs, tools and model index (see :mod:`mmstvit.mim`).
 """
 from .version import __version__
 from .engine import (DeviceAmpOptimWrapper, LayerDecayOptimWrapperConstructor,
@@ -27,6 +32,13 @@ from .registry import install_hooks, when_imported
 
 install_hooks()
 when_imported('mmpretrain', _register_model_index)
+
+try:  # beside the package: in site-packages, or the checkout's root
+    import _mmstvit_scope
+except ImportError:  # a copy of the package alone: no mmstvit:: scope
+    pass
+else:
+    _mmstvit_scope.install()
 
 
 def _safe_mmengine_loaders(_module):
