@@ -1,5 +1,4 @@
-# STViT-B on ImageNet-1K at 224, the authors' recipe (see stvit_s_in1k_224.py).
-# Paper: 52M params, 9.9G FLOPs, 84.8%.
-_base_ = './stvit_s_in1k_224.py'
-
-model = dict(backbone=dict(arch='base', drop_path_rate=0.4), head=dict(in_channels=512))
+# Kept at the path of earlier releases. The config is
+# configs/stvit/stvit_b_in1k_224.py,
+# by scope (from any project) 'mmstvit::stvit/stvit_b_in1k_224.py'.
+_base_ = './stvit/stvit_b_in1k_224.py'

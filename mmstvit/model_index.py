@@ -1,9 +1,9 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """mmstvit's model names, as every OpenMMLab model has them.
 
-``model-index.yml`` (repository root) imports one ``metafile.yml`` per model
+``model-index.yml`` imports one ``metafile.yml`` per model
 family: ``configs/stvit`` (ImageNet classifiers), ``configs/mask_rcnn``
-(COCO) and ``configs/upernet`` (ADE20K), in the OpenMMLab format (the
+(COCO) and ``configs/upernet`` (ADE20K), ... in the OpenMMLab format (the
 paper's results, the authors' weights as ``Converted From``, the config
 paths).
 
@@ -18,18 +18,24 @@ The detection and segmentation names stay out of mmpretrain's hub (it
 builds classifiers only); mmdet's and mmseg's inferencers take this repo's
 config paths instead (see README, "Inference").
 
-The metafiles and configs live in the repository, beside the package: an
-editable install (``make install``) has them. A copy of the package without
-them registers nothing.
+The index, the metafiles and the configs are where :mod:`mmstvit.mim` finds
+them: ``mmstvit/.mim`` of an installed package (a wheel or ``make install``),
+else the checkout around the package; their config paths (``configs/...``)
+are relative to that folder. A copy of the package without them registers
+nothing.
 """
 import os.path as osp
 import warnings
 from typing import List
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MODEL_INDEX = osp.join(ROOT, 'model-index.yml')
+from .mim import files_root
+
+#: the folder of ``model-index.yml`` and ``configs/`` (None: neither found)
+ROOT = files_root()
+MODEL_INDEX = osp.join(ROOT, 'model-index.yml') if ROOT else None
 #: The family mmpretrain can build (classifiers).
-CLASSIFIER_METAFILE = osp.join(ROOT, 'configs', 'stvit', 'metafile.yml')
+CLASSIFIER_METAFILE = osp.join(ROOT, 'configs', 'stvit',
+                               'metafile.yml') if ROOT else None
 
 
 def load_models(path: str = MODEL_INDEX) -> list:
@@ -47,14 +53,14 @@ def model_names(path: str = MODEL_INDEX) -> List[str]:
 
 def _register_model_index(mmpretrain) -> None:
     """Adds the classifiers to mmpretrain's ``ModelHub`` (once)."""
-    if not osp.isfile(CLASSIFIER_METAFILE):
+    if not CLASSIFIER_METAFILE or not osp.isfile(CLASSIFIER_METAFILE):
         return
     try:
         from mmpretrain.apis import ModelHub
         names = model_names(CLASSIFIER_METAFILE)
         if all(ModelHub.has(name.lower()) for name in names):
             return
-        # config paths in the metafile are relative to the repository root
+        # config paths in the metafile are relative to ROOT
         ModelHub.register_model_index(CLASSIFIER_METAFILE, config_prefix=ROOT)
     except Exception as e:  # noqa: BLE001 - mmpretrain itself must work on
         warnings.warn(

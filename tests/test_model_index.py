@@ -14,12 +14,14 @@ from mmstvit import model_index
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PAPER = {  # the paper's results
-    'configs/stvit_s_in1k_224.py': {'Top 1 Accuracy': 83.6},
-    'configs/stvit_b_in1k_384.py': {'Top 1 Accuracy': 86.0},
-    'configs/stvit_l_in1k_224.py': {'Top 1 Accuracy': 85.3},
-    'configs/mask_rcnn_stvit_s_1x.py': {'box AP': 47.6, 'mask AP': 43.1},
-    'configs/mask_rcnn_stvit_l_3x.py': {'box AP': 51.7, 'mask AP': 45.9},
-    'configs/upernet_stvit_b_160k_ade20k.py': {
+    'configs/stvit/stvit_s_in1k_224.py': {'Top 1 Accuracy': 83.6},
+    'configs/stvit/stvit_b_in1k_384.py': {'Top 1 Accuracy': 86.0},
+    'configs/stvit/stvit_l_in1k_224.py': {'Top 1 Accuracy': 85.3},
+    'configs/mask_rcnn/mask_rcnn_stvit_s_1x.py': {
+        'box AP': 47.6, 'mask AP': 43.1},
+    'configs/mask_rcnn/mask_rcnn_stvit_l_3x.py': {
+        'box AP': 51.7, 'mask AP': 45.9},
+    'configs/upernet/upernet_stvit_b_160k_ade20k.py': {
         'mIoU': 50.7, 'mIoU(ms+flip)': 51.9},
 }
 CLASSIFIERS = [
@@ -55,11 +57,17 @@ def test_model_index_covers_every_config_once():
     assert all(osp.isfile(osp.join(REPO, m)) for m in metafiles)
     models = model_index.load_models()
     configs = [m.config for m in models]
+    # each family's configs sit beside its metafile (configs/<family>/,
+    # mmstvit::<family>/<file>.py by scope); the toy demo is not a model
     expected = sorted(
         osp.relpath(p, REPO)
-        for pattern in ('*.py', 'ablations/*.py')
-        for p in glob.glob(osp.join(REPO, 'configs', pattern)))
+        for p in glob.glob(osp.join(REPO, 'configs', '*', '*.py'))
+        if osp.basename(osp.dirname(p)) != 'toy')
     assert sorted(configs) == expected  # every paper row, each once
+    for m in models:
+        family = osp.dirname(m.config)
+        assert osp.isfile(osp.join(REPO, family, 'metafile.yml'))
+        assert osp.join(family, 'metafile.yml') in metafiles, m.config
     names = [m.name for m in models]
     assert len(set(names)) == len(names)
     for m in models:
@@ -78,6 +86,28 @@ def test_model_index_covers_every_config_once():
         metrics = {k: v for r in m.results or [] for k, v in r.metrics.items()}
         if m.config in PAPER:
             assert metrics == PAPER[m.config], m.name
+
+
+def test_earlier_config_paths_still_work():
+    """configs/<name>.py (the paths of earlier releases and of the README)
+    is a one-line alias of the config of the index of the same name."""
+    from mmengine.config import Config
+    aliases = sorted(glob.glob(osp.join(REPO, 'configs', '*.py')))
+    # (the ablation rows came after the move: no earlier paths)
+    configs = {osp.basename(m.config): m.config
+               for m in model_index.load_models()
+               if not m.config.startswith('configs/ablations/')}
+    assert sorted(map(osp.basename, aliases)) == sorted(configs)
+    for path in aliases:
+        name = osp.basename(path)
+        with open(path) as f:
+            code = [line for line in f if not line.startswith('#')]
+        assert code == [f"_base_ = './{configs[name][len('configs/'):]}'\n"]
+    # and they load as the configs (one of each toolbox)
+    for name in ('mask_rcnn_stvit_s_1x.py', 'upernet_stvit_s_160k_ade20k.py',
+                 'stvit_s_in1k_224.py'):
+        assert Config.fromfile(osp.join(REPO, 'configs', name))._cfg_dict == \
+            Config.fromfile(osp.join(REPO, configs[name]))._cfg_dict
 
 
 def test_list_models_finds_the_classifiers():

@@ -2,6 +2,8 @@
 """The main job on the embedded toy data, end to end on a CPU.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data-root data]
+    python -m mmstvit demo ...     (an installed mmstvit; runs and data go
+                                    into the current folder)
 
 A quick smoke run (tiny data elsewhere, one iteration; metrics then mean
 nothing)::
@@ -41,6 +43,10 @@ from collections import deque
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
+#: where the data and runs go (relative paths) and the tools run: the
+#: checkout, or the current folder for an installed package (whose tools
+#: and configs are in mmstvit/.mim: python -m mmstvit demo)
+HOME = os.getcwd() if osp.basename(ROOT) == '.mim' else ROOT
 # setuptools < 81 is pinned on purpose (mmengine needs pkg_resources)
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
@@ -126,7 +132,7 @@ def run(cmd, log_path):
         log.write('$ ' + ' '.join(shlex.quote(c) for c in cmd) + '\n')
         log.flush()
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd, cwd=HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors='replace', env=env)
         for line in proc.stdout:
             log.write(line)
@@ -141,6 +147,12 @@ def run(cmd, log_path):
                  f'{proc.returncode}; the end of its output is above, all '
                  f'of it in {log_path}')
     return time.time() - start
+
+
+def in_root(path):
+    """A file of the checkout (tools/..., configs/...) as the tools are
+    given it: relative where they run in the checkout, else absolute."""
+    return path if HOME == ROOT else osp.join(ROOT, path)
 
 
 def plural(n, word):
@@ -160,7 +172,7 @@ def metrics_text(task, values):
 
 def data_options(args):
     """--cfg-options that point the toy configs at --data-root."""
-    if osp.abspath(args.data_root) == osp.join(ROOT, 'data'):
+    if osp.abspath(args.data_root) == osp.join(HOME, 'data'):
         return []
     coco = osp.join(osp.abspath(args.data_root), 'toy_coco') + '/'
     ade = osp.join(osp.abspath(args.data_root), 'toy_ade') + '/'
@@ -241,7 +253,7 @@ def pictures(show_dir):
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
-    work_root = osp.join(ROOT, args.work_dir) if not osp.isabs(
+    work_root = osp.join(HOME, args.work_dir) if not osp.isabs(
         args.work_dir) else args.work_dir
     print('mmstvit demo: STViT-S Mask R-CNN and UperNet from random init on '
           f'the toy data (CPU); full logs under {work_root}/<task>/*.log',
@@ -281,7 +293,8 @@ def main(argv=None):
         init_ckpt = osp.join(wd_abs, 'random_init.pth')
         random_init_checkpoint(task['config'], init_ckpt)
         t_before = run([
-            py, 'tools/test.py', task['config'], init_ckpt, '--work-dir',
+            py, in_root('tools/test.py'), in_root(task['config']), init_ckpt,
+            '--work-dir',
             osp.join(wd, 'test_before')
         ] + cfg_opts(extra), osp.join(wd_abs, 'test_before.log'))
         before = latest_metrics(osp.join(wd_abs, 'test_before'))
@@ -292,7 +305,8 @@ def main(argv=None):
         print(f'  train {plural(iters, "iteration")} (a line every '
               f'{plural(every, "iteration")}):', flush=True)
         t_train = run(
-            [py, 'tools/train.py', task['config'], '--work-dir', wd] +
+            [py, in_root('tools/train.py'), in_root(task['config']),
+             '--work-dir', wd] +
             cfg_opts(train_opts), osp.join(wd_abs, 'train.log'))
         ckpt = last_checkpoint(wd_abs)
         print(f'  trained in {t_train:.0f} s: {ckpt}', flush=True)
@@ -300,7 +314,8 @@ def main(argv=None):
         print('  evaluate the trained model ...', end=' ', flush=True)
         show_dir = osp.join(wd_abs, 'pictures')
         t_after = run([
-            py, 'tools/test.py', task['config'], ckpt, '--work-dir',
+            py, in_root('tools/test.py'), in_root(task['config']), ckpt,
+            '--work-dir',
             osp.join(wd, 'test_after'), '--show-dir', show_dir
         ] + task['show_args'] + cfg_opts(extra),
                       osp.join(wd_abs, 'test_after.log'))

@@ -42,6 +42,12 @@ assert mmcv.__version__ == '2.1.0', mmcv.__version__
 import mmstvit
 here = os.path.realpath(os.path.join(os.environ['MMSTVIT_ROOT'], 'mmstvit'))
 assert os.path.realpath(os.path.dirname(mmstvit.__file__)) == here
+# installed by this setup.py: mmstvit/.mim links to the checkout's configs,
+# tools and model index (mmstvit:: config names), and the scope module
+assert os.path.isfile(os.path.join(here, '.mim', 'model-index.yml'))
+import _mmstvit_scope
+assert os.path.realpath(os.path.dirname(_mmstvit_scope.__file__)) == \
+    os.path.dirname(here)
 EOF
 }
 

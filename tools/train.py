@@ -5,8 +5,11 @@ One entry point for the three toolboxes: the config's ``default_scope``
 says which. Same flags and behaviour as each toolbox's ``tools/train.py``,
 plus: missing pretrained weights stop the run at once with a clear message,
 ``--amp`` also trains on a CPU (bfloat16 autocast; mmengine's
-AmpOptimWrapper with fp16 and dynamic loss scaling on a GPU), and
-distributed runs also work with CPU processes (gloo) when there is no GPU.
+AmpOptimWrapper with fp16 and dynamic loss scaling on a GPU), distributed
+runs also work with CPU processes (gloo) when there is no GPU, and
+checkpoints are written by ``ResumableCheckpointHook`` (atomic files;
+``--resume`` continues bit for bit, says which file it resumes from and why
+a file does not do).
 
 Examples::
 
@@ -24,6 +27,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import ConfigDict  # noqa: E402
 
+from mmstvit.engine import checkpoint_hook, resume  # noqa: E402
 from mmstvit.utils import launch  # noqa: E402
 
 
@@ -103,14 +107,32 @@ def merge_args(cfg, args, task):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    # atomic checkpoints; every resume continues as the uninterrupted run
+    checkpoint_hook.use_in_config(cfg)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
         launch.trust_run_files(cfg)
     return cfg
 
 
+def keep_seed_of_resumed_run(cfg):
+    """``--resume``: a file that does not load stops the run here, naming
+    the newest older checkpoint that does (ResumableCheckpointHook logs the
+    choice when the run starts). With ``randomness.seed=None`` (a new seed
+    per run) the run takes the seed of the run it resumes, so that its
+    sampler and workers are built with it."""
+    path, _ = resume.choose_resume_checkpoint(cfg.work_dir,
+                                              cfg.get('load_from', None))
+    if cfg.get('randomness', None) is None:
+        cfg.randomness = dict(seed=None)
+    if path is not None and cfg.randomness.get('seed', None) is None:
+        cfg.randomness.seed = resume.checkpoint_seed(path)
+
+
 def check_before_build(cfg):
     """Stops (exit code 1, no traceback) on what would fail later."""
+    if cfg.get('resume', False):
+        keep_seed_of_resumed_run(cfg)
     launch.check_amp(cfg)
     missing = launch.find_missing_pretrained(cfg, load_from=True)
     if missing:
@@ -123,11 +145,12 @@ def check_before_build(cfg):
 
 
 def main(argv=None):
-    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` (a
-    problem the user must fix) ends it with its message, no traceback."""
+    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` or a
+    :class:`~mmstvit.engine.resume.ResumeError` (a problem the user must
+    fix) ends it with its message, no traceback."""
     try:
         return run(argv)
-    except launch.ToolError as e:
+    except (launch.ToolError, resume.ResumeError) as e:
         raise SystemExit(str(e)) from None
 
 

@@ -1,7 +1,7 @@
-# The demo: UperNet STViT-S (configs/upernet_stvit_s_160k_ade20k.py) trained
+# The demo: UperNet STViT-S (configs/upernet/upernet_stvit_s_160k_ade20k.py) trained
 # from random init on the embedded toy set (data/toy_ade) on a CPU. Only data,
 # image scale, schedule and the CPU norm (BN instead of SyncBN) differ.
-_base_ = ['../upernet_stvit_s_160k_ade20k.py']
+_base_ = ['../upernet/upernet_stvit_s_160k_ade20k.py']
 
 data_root = 'data/toy_ade/'
 metainfo = dict(

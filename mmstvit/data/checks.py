@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-MAKE_TOY_DATA = 'python tools/misc/make_toy_data.py'
+
+def _make_toy_data_command() -> str:
+    from mmstvit.mim import installed
+    # an installed package has no tools/ folder in sight of the user
+    return 'python -m mmstvit make_toy_data' if installed() else \
+        'python tools/misc/make_toy_data.py'
+
+
+#: the command that writes the toy data sets, as the user types it
+MAKE_TOY_DATA = _make_toy_data_command()
 _MAX_LISTED = 5
 
 

@@ -334,14 +334,54 @@ def checkpoint_format(path: str) -> str:
     return 'other'
 
 
-def extract_state_dict(checkpoint, which: Optional[str] = None
+#: prefixes that wrappers put in front of every key of a model they hold:
+#: DataParallel / DistributedDataParallel and the EMA wrappers (mmengine's
+#: ExponentialMovingAverage, timm's ModelEmaV2) ``module.``, torch.compile
+#: ``_orig_mod.``. They are not part of the model's names: keys and
+#: ``prefix`` are compared without them.
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+#: entries of a checkpoint file that hold a state dict, as the trainers
+#: users meet write them (mmengine, the STViT authors / DeiT, timm, and the
+#: EMA copies of each); ``which`` picks one
+STATE_DICT_ENTRIES = ('state_dict', 'model', 'model_ema', 'state_dict_ema',
+                      'ema_state_dict', 'ema')
+
+
+def strip_wrappers(name: str) -> str:
+    """``name`` without the :data:`WRAPPER_PREFIXES` in front of it
+    (``module.backbone.x`` -> ``backbone.x``; also nested ones)."""
+    while name.startswith(WRAPPER_PREFIXES):
+        name = name.split('.', 1)[1]
+    return name
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def state_dict_entries(checkpoint) -> List[str]:
+    """The entries of a checkpoint dict that are state dicts."""
+    if not isinstance(checkpoint, dict):
+        return []
+    return [k for k, v in checkpoint.items()
+            if isinstance(k, str) and _is_state_dict(v)]
+
+
+def extract_state_dict(checkpoint, which: Optional[str] = None,
+                       source: str = 'this file'
                        ) -> 'OrderedDict[str, torch.Tensor]':
-    """The model weights of an official or mm checkpoint, prefixes stripped.
+    """The model weights of an official or mm checkpoint, with the
+    :data:`WRAPPER_PREFIXES` (``module.``) of the keys removed.
 
     Args:
         checkpoint: What :func:`load_checkpoint_file` returned.
-        which: ``'model'`` or ``'model_ema'`` for the authors' files
-            (default ``'model'``), ``'state_dict'`` for mm checkpoints.
+        which: The entry that holds them: ``'model'`` or ``'model_ema'``
+            for the authors' files, ``'state_dict'`` for mm checkpoints,
+            any other name of :func:`state_dict_entries` (EMA copies:
+            ``'ema_state_dict'`` of mmengine's EMAHook, ``'state_dict_ema'``
+            of timm). Default: ``state_dict``, else ``model``, else the
+            file itself when it is a plain state dict.
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(
@@ -349,7 +389,7 @@ def extract_state_dict(checkpoint, which: Optional[str] = None
     if which is not None:
         if which not in checkpoint:
             raise KeyError(f'checkpoint has no {which!r} entry; it has '
-                           f'{sorted(checkpoint)}')
+                           f'{sorted(map(str, checkpoint))}')
         sd = checkpoint[which]
     else:
         for key in ('state_dict', 'model'):
@@ -358,12 +398,18 @@ def extract_state_dict(checkpoint, which: Optional[str] = None
                 break
         else:
             sd = checkpoint
-    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not _is_state_dict(sd):
+        entries = [e for e in state_dict_entries(checkpoint) if e != which]
+        hint = (' It holds state dicts under ' + ', '.join(
+            f"{e!r} (which={e!r})" for e in entries) + ': name the one to '
+            "load with init_cfg=dict(..., which=...)." if entries else '')
+        found = sorted(map(str, sd))[:8] if isinstance(sd, dict) else \
+            type(sd).__name__
         raise CheckpointMismatchError(
-            'this file holds no state dict (looked for "state_dict", '
-            f'"model" and plain tensors; found keys {sorted(sd)[:8]})')
-    return OrderedDict((re.sub(r'^module\.', '', k), v)
-                       for k, v in sd.items())
+            f'{source} holds no state dict (looked for '
+            + (f'"{which}"' if which else '"state_dict", "model" and plain '
+               'tensors') + f'; found keys {found}).{hint}')
+    return OrderedDict((strip_wrappers(k), v) for k, v in sd.items())
 
 
 def convert_official(ckpt, backbone_only: bool = False) -> 'OrderedDict':
@@ -420,27 +466,119 @@ def register_official_scheme():
 # ---------------------------------------------------------------------------
 
 
+def _dotted(prefix: str) -> str:
+    return prefix if prefix.endswith('.') else prefix + '.'
+
+
+def prefixes_holding(state_dict: Dict[str, torch.Tensor],
+                     own_keys: Iterable[str]) -> List[Tuple[str, int]]:
+    """``[(prefix, n)]``: the prefixes under which ``state_dict`` holds
+    tensors named as the model's (``own_keys``), most tensors first
+    (``''``: under the model's own names)."""
+    own = set(_weights(own_keys))
+    counts: Dict[str, int] = {}
+    for key in state_dict:
+        i = 0
+        while True:
+            if key[i:] in own:
+                counts[key[:i]] = counts.get(key[:i], 0) + 1
+                break
+            j = key.find('.', i)
+            if j < 0:
+                break
+            i = j + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _key_groups(state_dict, n=6) -> str:
+    counts: Dict[str, int] = {}
+    for key in state_dict:
+        head = key.split('.', 1)[0] + ('.' if '.' in key else '')
+        counts[head] = counts.get(head, 0) + 1
+    groups = sorted(counts.items(), key=lambda kv: -kv[1])
+    text = ', '.join(f'{k!r} ({v})' for k, v in groups[:n])
+    return text + (f' and {len(groups) - n} more' if len(groups) > n else '')
+
+
+def _suggestion(candidates, total: int) -> str:
+    """A sentence naming the prefixes that would load (``candidates`` of
+    :func:`prefixes_holding`)."""
+    if not candidates:
+        return 'None of its keys names a tensor of this STViT backbone.'
+    where = ' and '.join(
+        f'{p!r} ({n} of {total} tensors)' if p else
+        f'their own names ({n} of {total} tensors)'
+        for p, n in candidates[:4])
+    use = ' or '.join(f'prefix={p!r}' if p else 'no prefix'
+                      for p, _ in candidates[:4])
+    return f"The backbone's tensors are under {where}: use {use}."
+
+
 def backbone_state_dict(state_dict: Dict[str, torch.Tensor],
-                        prefix: Optional[str] = None):
-    """Selects the backbone keys: an explicit prefix, else ``backbone.``
-    when present (mm checkpoints), else the authors' keys minus the
-    classification tail. Returns ``(backbone_sd, dropped_keys)``."""
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-    elif any(k.startswith('backbone.') for k in state_dict):
-        prefix = 'backbone.'
-    if prefix:
-        sd = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                         if k.startswith(prefix))
+                        prefix: Optional[str] = None,
+                        own_keys: Optional[Iterable[str]] = None,
+                        source: str = 'the checkpoint',
+                        entries: Iterable[str] = ()):
+    """Selects the backbone keys of a state dict whose wrapper prefixes are
+    removed (:func:`extract_state_dict`). Returns ``(backbone_sd,
+    dropped_keys)``.
+
+    ``prefix`` is what mmengine's ``Pretrained`` takes: the start of the
+    backbone's keys in the file, with or without its final dot
+    (``'backbone'``, ``'backbone.'``), and with or without the ``module.``
+    of DataParallel/DDP (``'module.backbone.'``): keys and prefix are
+    compared without :data:`WRAPPER_PREFIXES`. Without a prefix:
+    ``backbone.`` when keys start with it (mm checkpoints), else the
+    authors' keys minus the classification tail.
+
+    Raises:
+        CheckpointMismatchError: ``prefix`` starts no key, or (with
+            ``own_keys``, the backbone's state dict keys) the file holds
+            the backbone only under another prefix. The message says
+            which prefix loads it.
+    """
+    own_keys = set(own_keys) if own_keys is not None else None
+    total = len(_weights(own_keys)) if own_keys is not None else 0
+    candidates = prefixes_holding(state_dict, own_keys) \
+        if own_keys is not None else []
+    wanted = strip_wrappers(_dotted(prefix)) if prefix else ''
+    if prefix and wanted:
+        sd = OrderedDict((k[len(wanted):], v) for k, v in state_dict.items()
+                         if k.startswith(wanted))
         if not sd:
+            same = '' if wanted == _dotted(prefix) else \
+                f' (the same as {wanted!r}: wrapper prefixes such as ' \
+                "'module.' are left out on both sides)"
+            entry = wanted.split('.', 1)[0]
+            not_entry = (f' {entry!r} is an entry of the file, not the '
+                         f'start of a key: which={entry!r} picks it.'
+                         if entry in entries else '')
             raise CheckpointMismatchError(
-                f'no key of the checkpoint starts with {prefix!r}')
-        dropped = [k for k in state_dict if not k.startswith(prefix)]
+                f'no key of {source} starts with {prefix!r}{same}; its keys '
+                f'start with {_key_groups(state_dict)}.{not_entry}'
+                + (' ' + _suggestion(candidates, total)
+                   if own_keys is not None else ''))
+        if own_keys is not None and not any(k in own_keys for k in sd) \
+                and candidates:
+            raise CheckpointMismatchError(
+                f'{source} holds no tensor of this STViT backbone under '
+                f'prefix {prefix!r}. {_suggestion(candidates, total)}')
+        dropped = [k for k in state_dict if not k.startswith(wanted)]
         return sd, dropped
+    if any(k.startswith('backbone.') for k in state_dict):
+        return backbone_state_dict(state_dict, 'backbone.', own_keys,
+                                   source, entries)
     sd, dropped = OrderedDict(), []
     for k, v in state_dict.items():
         (dropped.append(k) if k.startswith(CLS_TAIL_PREFIXES) else
          sd.__setitem__(k, v))
+    if own_keys is not None and not any(k in own_keys for k in sd) and \
+            candidates:
+        raise CheckpointMismatchError(
+            f'{source} holds no tensor of this STViT backbone under its own '
+            f"names or under 'backbone.'. {_suggestion(candidates, total)}"
+            " (init_cfg=dict(type='Pretrained', checkpoint=..., "
+            'prefix=...))')
     return sd, dropped
 
 
@@ -562,16 +700,21 @@ def load_stvit_state_dict(model, filename: str, prefix: Optional[str] = None,
                           logger='current'):
     """Loads an official or mm STViT checkpoint into an ``STViT`` backbone.
 
+    ``which`` picks the entry of the file (:func:`extract_state_dict`),
+    ``prefix`` the backbone's keys in it (:func:`backbone_state_dict`: the
+    forms mmengine's ``Pretrained`` takes, with or without ``module.``).
     Drops the authors' classification tail (``proj``, ``norm``, ``head``)
     and the non-backbone parts of mm checkpoints, then checks the rest with
     :func:`check_backbone_state_dict` (``strict``: every backbone tensor,
     with its shape) before loading. Logs what it loaded and left out.
     """
     ckpt = load_checkpoint_file(filename, map_location, unsafe=unsafe)
-    sd = extract_state_dict(ckpt, which)
-    sd, dropped = backbone_state_dict(sd, prefix)
-    res = check_backbone_state_dict(model, sd, str(filename), strict=strict)
+    sd = extract_state_dict(ckpt, which, source=str(filename))
     own = model.state_dict()
+    sd, dropped = backbone_state_dict(
+        sd, prefix, own_keys=own.keys(), source=str(filename),
+        entries=state_dict_entries(ckpt))
+    res = check_backbone_state_dict(model, sd, str(filename), strict=strict)
     model.load_state_dict(
         OrderedDict((k, v) for k, v in sd.items() if k in own), strict=False)
     msgs = [f'STViT: loaded {res["matched"]}/{len(own)} backbone tensors '
@@ -606,5 +749,7 @@ __all__ = [
     'load_checkpoint_file', 'trust', 'is_trusted', 'install_mmengine_loaders',
     'is_official_checkpoint', 'checkpoint_format', 'extract_state_dict',
     'convert_official', 'load_stvit_state_dict', 'check_backbone_state_dict',
+    'backbone_state_dict', 'strip_wrappers', 'prefixes_holding',
+    'state_dict_entries', 'WRAPPER_PREFIXES',
     'missing_model_weights', 'OFFICIAL_WEIGHTS_HELP'
 ]

@@ -186,13 +186,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+#: the clock of :func:`timed`: wall time; tools that measure on a shared
+#: machine may switch to ``time.process_time`` (CPU seconds, one thread)
+CLOCK = time.perf_counter
+
+
 def timed(fn, device):
-    """Seconds one call of ``fn`` takes, CUDA synchronised around it."""
+    """Seconds one call of ``fn`` takes (by :data:`CLOCK`), CUDA
+    synchronised around it."""
     _sync(device)
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
     _sync(device)
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def interleaved(fns, device, warmup, rounds, label=''):

@@ -14,7 +14,8 @@ backward), median of 3, with its peak memory (growth of the peak resident
 set over the steps).
 The table gives the median over rounds and the change in per cent. Fresh
 processes per round and interleaving keep drift of a shared machine out of
-the comparison; to compare models instead, use benchmark.py.
+the comparison; ``--cpu-time`` (one thread, CPU seconds) keeps most of the
+other work's share out too. To compare models instead, use benchmark.py.
 """
 import argparse
 import json
@@ -26,6 +27,8 @@ import sys
 CHILD = r'''
 import gc, json, os, resource, statistics, sys, time, warnings
 sys.path.insert(0, sys.argv[1])
+CPU_TIME = sys.argv[2] == 'cpu'
+clock = time.process_time if CPU_TIME else time.perf_counter
 warnings.filterwarnings('ignore')
 import torch
 from mmstvit import STViT
@@ -35,12 +38,14 @@ def median_time(fn, n):
     fn()
     times = []
     for _ in range(n):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
+if CPU_TIME:
+    torch.set_num_threads(1)
 torch.manual_seed(0)
 out = {}
 for key, stoken, shape in (('infer_224_b8', (8, 4, 1, 1), (8, 3, 224, 224)),
@@ -78,8 +83,9 @@ print(json.dumps(out))
 '''
 
 
-def measure(checkout):
-    proc = subprocess.run([sys.executable, '-c', CHILD, checkout],
+def measure(checkout, cpu_time=False):
+    proc = subprocess.run([sys.executable, '-c', CHILD, checkout,
+                           'cpu' if cpu_time else 'wall'],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f'compare_checkouts: the run in {checkout} failed:\n'
@@ -95,6 +101,10 @@ def main(argv=None):
     parser.add_argument('after')
     parser.add_argument('--rounds', type=int, default=4)
     parser.add_argument('--out', default=None, help='JSON of every round')
+    parser.add_argument(
+        '--cpu-time', action='store_true',
+        help='one thread per process, timed by its CPU time: on a machine '
+        'that other work shares, far steadier than wall-clock time')
     args = parser.parse_args(argv)
     checkouts = {'before': osp.abspath(args.before),
                  'after': osp.abspath(args.after)}
@@ -105,7 +115,7 @@ def main(argv=None):
     runs = {name: [] for name in checkouts}
     for r in range(args.rounds):
         for name, path in checkouts.items():
-            runs[name].append(measure(path))
+            runs[name].append(measure(path, args.cpu_time))
             print(f'[compare] round {r + 1}/{args.rounds}: {name} done',
                   file=sys.stderr, flush=True)
     keys = list(runs['before'][0])
@@ -121,7 +131,8 @@ def main(argv=None):
         f"{100 * (med['after'][k] / med['before'][k] - 1):+.1f}%"
         for k in keys) + ' |')
     print(f'medians of {args.rounds} interleaved rounds, one fresh process '
-          'per checkout and round')
+          'per checkout and round' +
+          (', CPU seconds of one thread' if args.cpu_time else ''))
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(checkouts=checkouts, runs=runs, medians=med), f,

@@ -70,8 +70,6 @@ def build(arch, stoken, kernels, inference):
 
 
 def _child_peak(arch, shape, batch, variant, queue):
-    torch.set_num_threads(int(os.environ.get('FAST_PATHS_THREADS', '0'))
-                          or torch.get_num_threads())
     model = build(arch, B.DET_STOKEN, plan(variant, False), False).train()
     x = torch.randn(batch, 3, *shape)
     step = B.train_step_fn(model, x)
@@ -101,12 +99,20 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='a tiny model at small sizes (smoke run)')
     parser.add_argument('--out', default=None, help='JSON of the results')
+    parser.add_argument(
+        '--cpu-time', action='store_true',
+        help='one thread, timed by CPU seconds: steadier than wall time on '
+        'a machine that other work shares')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cpu = torch.device('cpu')
+    if args.cpu_time:
+        import time
+        torch.set_num_threads(1)
+        B.CLOCK = time.process_time
     if args.quick:
         arch = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
                     num_heads=[1, 2, 3, 4])

@@ -1,0 +1,10 @@
+# Semantic FPN with STViT-L, ADE20K 80k (the PVT recipe of
+# fpn_stvit_s_80k_ade20k.py). Not in the paper.
+_base_ = './fpn_stvit_s_80k_ade20k.py'
+
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.4,
+        init_cfg=dict(checkpoint='pretrained/stvit-large-224.pth')),
+    neck=dict(in_channels=[96, 192, 448, 640]))
