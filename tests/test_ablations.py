@@ -61,9 +61,9 @@ def cfg_path(kind, row):
     return f'configs/ablations/{name}.py'
 
 
-BASES = dict(cls='configs/stvit_s_in1k_224.py',
-             det='configs/mask_rcnn_stvit_s_1x.py',
-             seg='configs/upernet_stvit_s_160k_ade20k.py')
+BASES = dict(cls='configs/stvit/stvit_s_in1k_224.py',
+             det='configs/mask_rcnn/mask_rcnn_stvit_s_1x.py',
+             seg='configs/upernet/upernet_stvit_s_160k_ade20k.py')
 
 
 @functools.lru_cache(maxsize=None)

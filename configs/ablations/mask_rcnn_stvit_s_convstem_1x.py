@@ -1,10 +1,10 @@
 # Ablation "+ Conv Stem" of the paper's "Ablations of STViT", Mask R-CNN 1x on
-# COCO: ../mask_rcnn_stvit_s_1x.py with the backbone of
+# COCO: ../mask_rcnn/mask_rcnn_stvit_s_1x.py with the backbone of
 # stvit_s_convstem_in1k_224.py (the classifier's projection is not part of it),
 # initialised from that row's own ImageNet model: train
 # stvit_s_convstem_in1k_224.py first (in its default work dir; the checkpoint's
 # weights are the EMA ones). Paper: box AP 44.6, mask AP 41.1.
-_base_ = '../mask_rcnn_stvit_s_1x.py'
+_base_ = '../mask_rcnn/mask_rcnn_stvit_s_1x.py'
 
 pretrained = 'work_dirs/stvit_s_convstem_in1k_224/epoch_300.pth'
 model = dict(
