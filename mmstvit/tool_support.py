@@ -143,7 +143,17 @@ def load_run_config(config: str):
     module registered (mmstvit's included). Returns ``(cfg, task)``."""
     from mmengine.config import Config
     quiet_third_party_warnings()
-    cfg = Config.fromfile(config)
+    try:
+        cfg = Config.fromfile(config)
+    except FileNotFoundError as e:
+        if 'mmstvit' in str(e) and '.mim' in str(e):
+            raise ToolError(
+                f'mmstvit: {config} names an mmstvit:: config, but this '
+                'mmstvit is a checkout that was never installed (it has no '
+                'mmstvit/.mim): run `make install` (or `pip install -e .`) '
+                'in it, or install the wheel; or give the path of the '
+                f'config in the checkout instead ({e})') from None
+        raise
     task = detect_task(cfg)
     register_toolbox(task)
     if task == 'mmdet':

@@ -408,3 +408,25 @@ def test_config_names_and_tools():
     with pytest.raises(SystemExit, match='no tool'):
         command('nope', [])
     assert main(['--help']) == 0
+
+
+def test_scope_base_from_an_uninstalled_checkout_says_how(tmp_path):
+    """A checkout that was never installed has no mmstvit/.mim: a config
+    whose _base_ is an mmstvit:: name stops with a message that says so and
+    how to install, not with mmengine's traceback."""
+    src = copy_checkout(tmp_path / 'checkout')
+    proj = tmp_path / 'proj'
+    proj.mkdir()
+    (proj / 'my.py').write_text(
+        "_base_ = 'mmstvit::toy/upernet_stvit_s_toy.py'\n"
+        "custom_imports = dict(imports=['mmstvit'], "
+        'allow_failed_imports=False)\n')
+    env = dict(clean_env(), PYTHONPATH=str(src))
+    proc = subprocess.run(
+        [sys.executable, osp.join(src, 'tools', 'train.py'), 'my.py',
+         '--work-dir', str(tmp_path / 'work')], cwd=str(proj),
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert 'never installed' in proc.stderr and 'make install' in \
+        proc.stderr, proc.stderr[-3000:]

@@ -264,6 +264,13 @@ class DeviceAmpOptimWrapper(AmpOptimWrapper):
                             'static loss scaling' if self.plan.loss_scaling
                             else 'no loss scaling'),
             logger='current')
+        if self.cast_dtype == torch.float16:
+            print_log(
+                'mmstvit: float16 on a CPU stands in for a GPU\'s fp16 run; '
+                'it is slow (CPUs without AVX512-FP16 run float16 '
+                'convolutions many times slower than float32): for speed '
+                "use the default bfloat16 (optim_wrapper.dtype=None)",
+                logger='current', level=30)
 
     def load_state_dict(self, state_dict: dict):
         """mmengine's, except that a checkpoint whose loss scaler is empty
