@@ -22,8 +22,8 @@ from mmengine.registry import HOOKS
 def switch_to_deploy(model: nn.Module) -> int:
     """Switches every STViT inside ``model`` to its deploy plan; returns how
     many there were."""
-    from mmstvit.models.backbones import STViT
-    backbones = [m for m in model.modules() if isinstance(m, STViT)]
+    from mmstvit.models.backbones.execution import stvit_backbones
+    backbones = stvit_backbones(model)
     for m in backbones:
         m.switch_to_deploy()
     return len(backbones)

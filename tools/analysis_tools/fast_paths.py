@@ -89,6 +89,18 @@ def peak_memory(arch, shape, batch, variant):
     return queue.get() if proc.exitcode == 0 else None
 
 
+def time_variants(fns, label, rounds, warmup, results, key):
+    """Times ``fns`` (variant -> call) in interleaved rounds and stores each
+    variant's median under ``results[variant][key]``; frees the models."""
+    B.log(f'{label}: {len(fns)} variants')
+    times = B.interleaved(fns, torch.device('cpu'), warmup, rounds,
+                          label=label)
+    for v, t in times.items():
+        results[v][key] = statistics.median(t)
+    fns.clear()
+    B.release_memory()
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='time and peak memory of STViT-S with each fast path '
@@ -134,13 +146,8 @@ def main(argv=None):
                 model = build(arch, stoken, p, True)
                 x = torch.randn(batch, 3, *shape)
                 fns[v] = B.inference_fn(model, x, cpu, False)
-        B.log(f'inference {key}: {len(fns)} variants')
-        times = B.interleaved(fns, cpu, args.warmup, args.rounds,
-                              label=f'inference {key}')
-        for v, t in times.items():
-            results[v][key] = statistics.median(t)
-        del fns
-        B.release_memory()
+        time_variants(fns, f'inference {key}', args.rounds, args.warmup,
+                      results, key)
     key, shape, batch = train
     fns = {}
     for v in VARIANTS:
@@ -148,13 +155,8 @@ def main(argv=None):
         if p is not None:
             model = build(arch, B.DET_STOKEN, p, False).train()
             fns[v] = B.train_step_fn(model, torch.randn(batch, 3, *shape))
-    B.log(f'training {key}: {len(fns)} variants')
-    times = B.interleaved(fns, cpu, args.warmup, args.train_rounds,
-                          label=f'training {key}')
-    for v, t in times.items():
-        results[v][key] = statistics.median(t)
-    del fns
-    B.release_memory()
+    time_variants(fns, f'training {key}', args.train_rounds, args.warmup,
+                  results, key)
     for v in VARIANTS:
         if plan(v, False) is not None:
             B.log(f'peak memory of the training step: {v}')

@@ -134,6 +134,12 @@ def onednn_serves(module: nn.Module) -> bool:
         for p in module.parameters())
 
 
+def stvit_backbones(model: nn.Module) -> list:
+    """Every STViT inside ``model`` (the model itself included)."""
+    from .stvit import STViT
+    return [m for m in model.modules() if isinstance(m, STViT)]
+
+
 @contextlib.contextmanager
 def use_kernels(model: nn.Module,
                 plan: Union[str, Kernels]) -> Iterator[int]:
@@ -141,8 +147,7 @@ def use_kernels(model: nn.Module,
     and restores each one's own plan afterwards; yields how many STViTs
     were switched. ``get_flops.py`` counts with ``'reference'``; the ONNX
     export traces ``'plain'``."""
-    from .stvit import STViT
-    backbones = [m for m in model.modules() if isinstance(m, STViT)]
+    backbones = stvit_backbones(model)
     previous = [m.kernels for m in backbones]
     for m in backbones:
         m.set_kernels(plan)

@@ -209,8 +209,7 @@ def upsample(assoc: torch.Tensor, stokens: torch.Tensor,
         out = neigh @ assoc.transpose(-1, -2)  # (B, n, C, P)
         out = out.reshape(B, hh, ww, C, sh, sw).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(B, C, hh * sh, ww * sw)
-    out = assoc @ gather3x3(nhwc(stokens), how)  # (B, n, P, C)
-    out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
+    out = _upsampled_cells(assoc, stokens, stoken_size, hh, ww, how)
     return out.reshape(B, hh * sh, ww * sw, C).permute(0, 3, 1, 2)
 
 
@@ -220,12 +219,17 @@ def upsample_add_(identity: torch.Tensor, assoc: torch.Tensor,
     """``identity + upsample(...)`` for inference, the cells added into the
     channels-last ``identity`` in place (no new map); ``identity`` must be
     a tensor the caller owns, of the unpadded grid's size."""
+    out = _upsampled_cells(assoc, stokens, stoken_size, hh, ww, how)
+    nhwc(identity).view(out.shape).add_(out)
+    return identity
+
+
+def _upsampled_cells(assoc, stokens, stoken_size, hh, ww, how):
+    """X = Q S cell by cell, channels last: (B, hh, sh, ww, sw, C)."""
     B, C = stokens.shape[:2]
     sh, sw = stoken_size
     out = assoc @ gather3x3(nhwc(stokens), how)  # (B, n, P, C)
-    out = out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-    nhwc(identity).view(B, hh, sh, ww, sw, C).add_(out)
-    return identity
+    return out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
 
 
 # ---------------------------------------------------------------------------
