@@ -205,3 +205,36 @@ def test_compare_checkouts_refuses_a_folder_that_is_no_checkout(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert f'{tmp_path} (before) is not a checkout of mmstvit' in out.stderr
+
+
+def test_fast_paths_variants_turn_off_one_flag_each():
+    """fast_paths.py: every variant differs from the plan users run (deploy
+    for inference, fast for training) in exactly its own flag, and the
+    flags that do not apply to a setting are left out, not measured."""
+    import dataclasses
+
+    import fast_paths
+    from mmstvit.models.backbones import execution
+    covered = set()
+    for name, flags in fast_paths.VARIANTS.items():
+        for inference, base in (
+                (True, execution.deploy_plan(execution.HAS_ONEDNN)),
+                (False, execution.FAST)):
+            plan = fast_paths.plan(name, inference)
+            only = fast_paths.TRAINING_ONLY if inference else \
+                fast_paths.INFERENCE_ONLY
+            if any(f in flags for f in only):
+                assert plan is None, name
+                continue
+            changed = {f.name for f in dataclasses.fields(plan)
+                       if getattr(plan, f.name) != getattr(base, f.name)}
+            assert changed == set(flags) or (
+                name == 'no oneDNN post-ops' and not execution.HAS_ONEDNN), \
+                (name, changed)
+        covered |= set(flags)
+    # every flag of the plan has its variant
+    assert covered == {f.name for f in dataclasses.fields(execution.Kernels)}
+    rows = fast_paths.table(
+        {v: {'a': 1.0} for v in fast_paths.VARIANTS}, ['a']).splitlines()
+    assert rows[2].startswith('| all fast paths | 1.000 s |')
+    assert all('+0.0%' in r for r in rows[3:3 + len(fast_paths.VARIANTS) - 1])
