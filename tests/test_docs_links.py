@@ -136,3 +136,18 @@ def test_broken_links_are_reported(tmp_path):
         'README.md:12: images/html.png (no such file: images/html.png)',
         'README.md:14: ../elsewhere.md (outside the repository)',
     ]
+
+
+def test_readme_is_a_front_page():
+    """At most 250 lines (the rest is in docs/), with the two commands of
+    the Makefile that CI and a newcomer run first."""
+    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+        readme = f.read()
+    assert len(readme.splitlines()) <= 250
+    with open(osp.join(REPO, 'Makefile'), encoding='utf-8') as f:
+        targets = re.findall(r'^([\w-]+):', f.read(), flags=re.M)
+    code = ''.join(t.content for t in MarkdownIt('commonmark').parse(readme)
+                   if t.type == 'fence')
+    for command in ('demo', 'test'):
+        assert command in targets
+        assert re.search(rf'^make {command}\b', code, flags=re.M), command
