@@ -16,8 +16,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmstvit  # noqa: F401
-from mmstvit.utils import convert_official_state_dict
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import convert_official_state_dict
+from mmstvit.weights import load_checkpoint_file
 
 from helpers import load_script
 

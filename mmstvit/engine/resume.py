@@ -48,9 +48,8 @@ def read_checkpoint(path: str):
     """``(checkpoint, None)`` when ``path`` is a checkpoint of an mm
     training run that loads with the weights-only reader (memory-mapped, so
     cheap), else ``(None, why not)``."""
-    from mmstvit.utils.checkpoint import (UnsafeCheckpointError,
-                                          is_official_checkpoint,
-                                          load_checkpoint_file)
+    from mmstvit.weights import (UnsafeCheckpointError, is_official_checkpoint,
+                                 load_checkpoint_file)
     if not osp.isfile(path):
         return None, 'there is no such file'
     try:
@@ -245,7 +244,7 @@ def choose_resume_checkpoint(work_dir: str,
 
 
 def _summarise(keys, n=6):
-    from mmstvit.utils.checkpoint import _summarise as summarise
+    from mmstvit.weights import summarise_keys as summarise
     return summarise(keys, n)
 
 
