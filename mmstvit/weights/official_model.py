@@ -16,7 +16,6 @@ import sys
 import types
 from contextlib import contextmanager
 
-import torch
 import torch.nn as nn
 
 OFFICIAL_ARCHS = {

@@ -88,7 +88,8 @@ def write_safetensors(state_dict: Dict[str, torch.Tensor], path,
     that share memory are written as tensors of their own. ``metadata``
     values are written as strings (``None`` left out); ``format='pt'`` is
     added, as Hugging Face's loaders expect. The file appears whole
-    (written to a temporary name beside it, then renamed).
+    (written to a temporary name beside it, then renamed), readable as
+    the umask allows (as ``torch.save``'s files).
     """
     from safetensors.torch import save_file
     tensors = {k: v.detach().to('cpu').clone(
@@ -99,6 +100,9 @@ def write_safetensors(state_dict: Dict[str, torch.Tensor], path,
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
