@@ -128,11 +128,11 @@ def test_backbone_init_cfg_refuses_code(tmp_path):
 def test_mmengine_load_from_and_resume_refuse_code(tmp_path):
     """mmengine's loaders (load_from, resume, Pretrained inits of necks and
     heads, the inferencers) are the project's reader."""
-    from mmstvit.weights.mmengine_loader import load_http, load_local
-    assert CheckpointLoader._schemes[''] is load_local
-    assert CheckpointLoader._schemes['https://'] is load_http
+    from mmstvit.weights.mmengine_loader import load_from_http, load_from_local
+    assert CheckpointLoader._schemes[''] is load_from_local
+    assert CheckpointLoader._schemes['https://'] is load_from_http
     import mmengine.runner.checkpoint as mod
-    assert mod.load_from_http is load_http
+    assert mod.load_from_http is load_from_http
     path, marker = evil_file(tmp_path, {'state_dict': {}})
     with pytest.raises(ck.UnsafeCheckpointError):
         load_checkpoint(nn.Linear(2, 2), str(path))

@@ -365,3 +365,12 @@ def test_old_import_paths_warn_and_give_the_same_objects():
         from mmstvit.utils import load_stvit_state_dict
     assert load_stvit_state_dict is w.load_stvit_state_dict
     assert any(issubclass(x.category, DeprecationWarning) for x in seen)
+
+
+def test_resume_from_safetensors_says_it_holds_no_training_state(case):
+    """--resume needs the optimizer and the loop's place: a .safetensors
+    (weights only) is refused with what to do instead."""
+    from mmstvit.engine.resume import read_checkpoint
+    ckpt, why = read_checkpoint(str(case['root'] / 'mm.safetensors'))
+    assert ckpt is None
+    assert 'weights only' in why and 'load_from' in why

@@ -21,12 +21,13 @@ OFFICIAL_SCHEME = 'stvit-official://'
 OFFICIAL_BACKBONE_SCHEME = 'stvit-official-backbone://'
 
 
-def load_local(filename, map_location=None):
-    """mmengine's loader of local files (scheme ``''``)."""
+def load_from_local(filename, map_location=None):
+    """mmengine's loader of local files (scheme ``''``; named as mmengine's
+    own, whose message prints the name after ``load_from_``)."""
     return load_checkpoint_file(filename, map_location)
 
 
-def load_http(filename, map_location=None, model_dir=None, progress=None):
+def load_from_http(filename, map_location=None, model_dir=None, progress=None):
     """mmengine's loader of ``http(s)://`` URLs (and of the
     ``torchvision://``, ``open-mmlab://``, ``mmcls://`` names, which resolve
     to URLs): downloaded into torch's hub cache, then read locally."""
@@ -76,9 +77,9 @@ def install_mmengine_loaders(module=None) -> None:
     import mmengine.runner.checkpoint as ckpt_mod
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(
-        prefixes='', loader=load_local, force=True)
+        prefixes='', loader=load_from_local, force=True)
     CheckpointLoader.register_scheme(
-        prefixes=('http://', 'https://'), loader=load_http, force=True)
+        prefixes=('http://', 'https://'), loader=load_from_http, force=True)
     # load_from_torchvision/openmmlab/mmcls call this module-level name
-    ckpt_mod.load_from_http = load_http
+    ckpt_mod.load_from_http = load_from_http
     register_official_scheme()
