@@ -4,11 +4,6 @@ texts (where the official files are, how to trust or convert a file)."""
 import pickle
 from typing import List
 
-CONVERT_HOW = (
-    'python tools/model_converters/stvit_to_mm.py '
-    'pretrained/stvit-small-224.pth pretrained/stvit-small-224.safetensors '
-    '--to safetensors')
-
 OFFICIAL_WEIGHTS_HELP = (
     'The official STViT ImageNet weights (stvit-small-224.pth, '
     'stvit-base-224.pth, stvit-large-224.pth and the -384 files) are in the '
@@ -28,8 +23,9 @@ UNSAFE_HOW = (
     "the other tools, or set unsafe_load=True in the backbone's "
     "init_cfg=dict(type='Pretrained', ...). Better: re-save its weights "
     'alone where you trust it, e.g. torch.save({"state_dict": '
-    'model.state_dict()}, "clean.pth"), or as safetensors: '
-    f'{CONVERT_HOW}.')
+    'model.state_dict()}, "clean.pth"); for an official STViT file, '
+    'convert it once: python tools/model_converters/stvit_to_mm.py SRC.pth '
+    'DST.safetensors --unsafe-load, and use DST.safetensors (no pickle).')
 
 
 class CheckpointMismatchError(ValueError):
