@@ -5,6 +5,7 @@ import warnings
 
 from mmstvit.weights import *  # noqa: F401,F403
 from mmstvit.weights import __all__  # noqa: F401
+# the old private name, for code written against the old module this round
 from mmstvit.weights.errors import summarise_keys as _summarise  # noqa: F401
 
 warnings.warn(
