@@ -9,7 +9,7 @@ mmengine's root registry (which every toolbox's registry falls back to) and
 each toolbox gets mmstvit's modules registered when it is itself imported
 (see :mod:`mmstvit.registry`), and mmengine's checkpoint loaders are
 replaced by mmstvit's weights-only reader when mmengine imports them (see
-:mod:`mmstvit.utils.checkpoint`). ``LayerDecayOptimWrapperConstructor``
+:mod:`mmstvit.weights`). ``LayerDecayOptimWrapperConstructor``
 (layer-wise learning-rate decay) is in mmengine's root
 ``OPTIM_WRAPPER_CONSTRUCTORS`` the same way, ``DeviceAmpOptimWrapper``
 (``--amp``: mmengine's AmpOptimWrapper on a GPU, bfloat16 autocast on a
@@ -44,7 +44,7 @@ else:
 def _safe_mmengine_loaders(_module):
     # every weights file mmengine reads (load_from, resume, Pretrained inits,
     # inferencers) goes through mmstvit's weights-only reader
-    from .utils.checkpoint import install_mmengine_loaders
+    from .weights import install_mmengine_loaders
     install_mmengine_loaders()
 
 

@@ -146,7 +146,7 @@ def resolve_checkpoint(path: Optional[str], task: str):
     import pickle
 
     from mmstvit.utils import launch
-    from mmstvit.utils.checkpoint import checkpoint_format
+    from mmstvit.weights import checkpoint_format
     if launch.is_remote(path):
         return path, None
     if not osp.isfile(path):

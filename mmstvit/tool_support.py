@@ -250,7 +250,7 @@ def find_missing_pretrained(cfg,
 def missing_pretrained_message(missing,
                                help_text: Optional[str] = None) -> str:
     if help_text is None:
-        from mmstvit.utils.checkpoint import OFFICIAL_WEIGHTS_HELP
+        from mmstvit.weights import OFFICIAL_WEIGHTS_HELP
         help_text = OFFICIAL_WEIGHTS_HELP
     lines = [
         'mmstvit: checkpoint file(s) named in the config do not exist '
@@ -522,7 +522,7 @@ def trust_run_files(cfg, *paths) -> List[str]:
     (the given paths, ``load_from`` and every ``Pretrained`` checkpoint the
     model config names), so that they may unpickle beyond the allow-list.
     Returns the local files it marked."""
-    from mmstvit.utils.checkpoint import trust
+    from mmstvit.weights import trust
     names = list(paths) + [cfg.get('load_from', None)]
     for key, d in _walk(cfg.get('model', None), 'model'):
         if isinstance(d, dict) and d.get('type') == 'Pretrained':
@@ -550,10 +550,8 @@ def check_official_against_config(ckpt, cfg, path: str) -> None:
     """The strict backbone check of ``init_cfg`` for an official file given
     as ``load_from``: builds the config's STViT (no weights) and compares."""
     from mmstvit.models import STViT
-    from mmstvit.utils.checkpoint import (CheckpointMismatchError,
-                                          backbone_state_dict,
-                                          check_backbone_state_dict,
-                                          extract_state_dict)
+    from mmstvit.weights import (CheckpointMismatchError, backbone_state_dict,
+                                 check_backbone_state_dict, extract_state_dict)
     backbone_cfg = _backbone_cfg(cfg)
     if backbone_cfg is None:
         return
@@ -574,10 +572,8 @@ def convert_load_from(cfg, task: str) -> None:
     """Makes ``cfg.load_from`` of the authors' format load converted (for
     fine-tuning from it), after the strict backbone check; refuses to
     *resume* from such a file."""
-    from mmstvit.utils.checkpoint import (OFFICIAL_BACKBONE_SCHEME,
-                                          OFFICIAL_SCHEME,
-                                          is_official_checkpoint,
-                                          load_checkpoint_file)
+    from mmstvit.weights import (OFFICIAL_BACKBONE_SCHEME, OFFICIAL_SCHEME,
+                                 is_official_checkpoint, load_checkpoint_file)
     path = cfg.get('load_from', None)
     if not isinstance(path, str) or is_remote(path) or \
             path.startswith((OFFICIAL_SCHEME, OFFICIAL_BACKBONE_SCHEME)) or \
@@ -601,9 +597,8 @@ def convert_load_from(cfg, task: str) -> None:
 
 def official_load_from(path: str, task: str) -> str:
     """The ``load_from`` that makes the Runner load an official file."""
-    from mmstvit.utils.checkpoint import (OFFICIAL_BACKBONE_SCHEME,
-                                          OFFICIAL_SCHEME,
-                                          register_official_scheme)
+    from mmstvit.weights import (OFFICIAL_BACKBONE_SCHEME, OFFICIAL_SCHEME,
+                                 register_official_scheme)
     register_official_scheme()
     scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
         OFFICIAL_BACKBONE_SCHEME
@@ -613,10 +608,8 @@ def official_load_from(path: str, task: str) -> str:
 def checkpoint_keys(path: str) -> List[str]:
     """The model keys of a local checkpoint (an official file's converted
     to mm names), read memory-mapped."""
-    from mmstvit.utils.checkpoint import (convert_official,
-                                          extract_state_dict,
-                                          is_official_checkpoint,
-                                          load_checkpoint_file)
+    from mmstvit.weights import (convert_official, extract_state_dict,
+                                 is_official_checkpoint, load_checkpoint_file)
     ckpt = load_checkpoint_file(path, mmap=True)
     if is_official_checkpoint(ckpt):
         return list(convert_official(ckpt))
@@ -627,14 +620,14 @@ def untrained_parts_message(path: str, missing: List[str], task: str,
                             config: str) -> str:
     """What ``tools/test.py`` says for a checkpoint that leaves part of the
     model random."""
-    from mmstvit.utils.checkpoint import _summarise
+    from mmstvit.weights import summarise_keys
     parts = sorted({k.split('.')[0] for k in missing})
     only_backbone = 'backbone' not in parts
     lines = [f'mmstvit: {path} does not hold the weights of the whole '
              f'model: {len(missing)} tensors of {", ".join(parts)} are not '
              'in it and would be evaluated at their random initial values; '
              'stopped.',
-             f'  missing: {_summarise(missing, 6)}']
+             f'  missing: {summarise_keys(missing, 6)}']
     if only_backbone and task in ('mmdet', 'mmseg'):
         lines.append(
             '  It holds backbone weights only (e.g. the ImageNet '

@@ -26,7 +26,7 @@ from mmstvit import STViT
 from mmstvit.engine import DeviceAmpOptimWrapper, amp_plan
 from mmstvit.engine.amp import AmpPlan
 from mmstvit.utils import launch
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO
 from test_tools import TINY_ARCH, run

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 import mmstvit  # noqa: F401  (installs the reader into mmengine)
 from mmstvit import STViT
-from mmstvit.utils import checkpoint as ck
+from mmstvit import weights as ck
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1],
@@ -128,10 +128,11 @@ def test_backbone_init_cfg_refuses_code(tmp_path):
 def test_mmengine_load_from_and_resume_refuse_code(tmp_path):
     """mmengine's loaders (load_from, resume, Pretrained inits of necks and
     heads, the inferencers) are the project's reader."""
-    assert CheckpointLoader._schemes[''] is ck._mmengine_local
-    assert CheckpointLoader._schemes['https://'] is ck._mmengine_http
+    from mmstvit.weights.mmengine_loader import load_from_http, load_from_local
+    assert CheckpointLoader._schemes[''] is load_from_local
+    assert CheckpointLoader._schemes['https://'] is load_from_http
     import mmengine.runner.checkpoint as mod
-    assert mod.load_from_http is ck._mmengine_http
+    assert mod.load_from_http is load_from_http
     path, marker = evil_file(tmp_path, {'state_dict': {}})
     with pytest.raises(ck.UnsafeCheckpointError):
         load_checkpoint(nn.Linear(2, 2), str(path))

@@ -6,7 +6,6 @@ with a message naming the fix; check_official.py refuses a missing source."""
 import argparse
 import copy
 import os.path as osp
-import re
 from collections import OrderedDict
 
 import pytest
@@ -16,8 +15,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 import mmstvit  # noqa: F401
-from mmstvit.utils import convert_official_state_dict
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import (convert_official_state_dict, load_checkpoint_file,
+                             mm_to_official_state_dict)
 
 from helpers import load_script
 
@@ -68,17 +67,6 @@ def official_file(path, model_sd, ema_sd=None):
     torch.save(ckpt, path)
 
 
-def official_names(mm_state_dict):
-    """mm classifier keys -> the authors' (the converter's inverse)."""
-    out = OrderedDict()
-    for k, v in mm_state_dict.items():
-        k = re.sub(r'^backbone\.', '', k)
-        k = re.sub(r'^head\.fc\.', 'head.', k)
-        k = re.sub(r'^head\.(proj|norm)\.', r'\1.', k)
-        out[k] = v
-    return out
-
-
 def test_converted_official_file_loads_every_tensor_unchanged(tmp_path):
     """An official file (the authors' key names, ``model`` and
     ``model_ema``) converts with stvit_to_mm.py, loads strictly into
@@ -86,7 +74,7 @@ def test_converted_official_file_loads_every_tensor_unchanged(tmp_path):
     logits of that model. (That the same tensors give the authors' own
     logits is checked against their code by
     tools/analysis_tools/check_official.py, which needs their file.)"""
-    template = official_names(in1k_model().state_dict())
+    template = mm_to_official_state_dict(in1k_model().state_dict())
     assert {'proj.weight', 'norm.running_var', 'head.weight',
             'layers.0.blocks.0.attn.unfold.weights'} <= set(template)
     plain = randomized(template, seed=0)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mmstvit.data.toy_data import generate_toy_cls, generate_toy_data
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = ("dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], "

@@ -17,7 +17,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_with_prefix
 
 import mmstvit  # noqa: F401  (the safe reader is mmengine's loader)
 from mmstvit import STViT
-from mmstvit.utils.checkpoint import CheckpointMismatchError
+from mmstvit.weights import CheckpointMismatchError
 
 TINY = dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1],
             num_heads=[1, 1, 1, 1])

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO
 from test_tools import (CLS_CFG, DET_CFG, SCRATCH, TINY_ARCH,

@@ -20,7 +20,7 @@ from mmstvit.engine.checkpoint_hook import use_in_config
 from mmstvit.engine.resume import (ResumeError, choose_resume_checkpoint,
                                    config_changes, find_checkpoints,
                                    fit_problems)
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 
 def draws():

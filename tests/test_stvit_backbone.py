@@ -11,7 +11,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmstvit import STViT
-from mmstvit.utils import CheckpointMismatchError
+from mmstvit.weights import CheckpointMismatchError
 
 TINY = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 1, 1],
             num_heads=[1, 2, 3, 4], layer_scale=[False, False, True, True])
@@ -216,7 +216,7 @@ def test_official_checkpoint_loads_through_init_cfg(tmp_path):
     path = tmp_path / 'stvit-tiny-224.pth'
     _official_like_checkpoint(src, path)
     # the file really is in the authors' format: an argparse.Namespace inside
-    from mmstvit.utils.checkpoint import load_checkpoint_file
+    from mmstvit.weights import load_checkpoint_file
     raw = load_checkpoint_file(path)
     assert isinstance(raw['args'], argparse.Namespace)
     dst = tiny(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
@@ -256,7 +256,7 @@ def test_official_keys_are_the_authors():
 
 
 def test_ema_and_mm_checkpoints(tmp_path):
-    from mmstvit.utils.checkpoint import load_stvit_state_dict
+    from mmstvit.weights import load_stvit_state_dict
     src = _randomise(tiny()).eval()
     off = tmp_path / 'official.pth'
     _official_like_checkpoint(src, off, ema_shift=1.)
@@ -313,7 +313,7 @@ def test_partial_checkpoint_needs_strict_false(tmp_path):
     path = tmp_path / 'partial.pth'
     torch.save(dict(model=sd), path)
     from mmengine.logging import MMLogger
-    from mmstvit.utils.checkpoint import load_stvit_state_dict
+    from mmstvit.weights import load_stvit_state_dict
     logger = MMLogger.get_instance('stvit_test_partial')
     with pytest.raises(CheckpointMismatchError, match='gamma_1'):
         load_stvit_state_dict(tiny(), str(path), logger=logger)

@@ -22,9 +22,9 @@ from mmengine.config import Config
 
 import mmstvit  # noqa: F401
 from mmstvit import STViT
-from mmstvit.utils import checkpoint as ck
+from mmstvit import weights as ck
 from mmstvit.utils import launch
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO, free_port, load_script
 
@@ -406,7 +406,7 @@ def test_find_missing_pretrained(tmp_path):
         ('load_from', 'gone/d.pth'),
     ]
     msg = launch.missing_pretrained_message(missing)
-    from mmstvit.utils.checkpoint import OFFICIAL_WEIGHTS_HELP
+    from mmstvit.weights import OFFICIAL_WEIGHTS_HELP
     assert OFFICIAL_WEIGHTS_HELP in msg
     assert 'model.backbone.init_cfg=None' in msg
     assert osp.abspath('gone/a.pth') in msg
@@ -427,7 +427,7 @@ def test_train_stops_on_missing_weights(seg_case):
         str(root / 'w_missing')
     ],
                cwd=root)
-    from mmstvit.utils.checkpoint import OFFICIAL_WEIGHTS_HELP
+    from mmstvit.weights import OFFICIAL_WEIGHTS_HELP
     assert_clean_exit(proc, 'pretrained/stvit-small-224.pth',
                       'model.backbone.init_cfg.checkpoint',
                       str(root / 'pretrained/stvit-small-224.pth'),

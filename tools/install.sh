@@ -34,7 +34,7 @@ import setuptools, pkg_resources  # noqa: F401  (mmengine needs pkg_resources)
 assert int(setuptools.__version__.split('.')[0]) < 81
 for name in ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmcv.ops', 'mmdet',
              'mmseg', 'mmpretrain', 'pycocotools', 'pytest', 'onnx',
-             'onnxruntime', 'mmstvit'):
+             'onnxruntime', 'safetensors', 'mmstvit'):
     importlib.import_module(name)
 import mmcv
 assert mmcv.__version__ == '2.1.0', mmcv.__version__

@@ -34,8 +34,8 @@ import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import ConfigDict  # noqa: E402
 
 from mmstvit.utils import launch  # noqa: E402
-from mmstvit.utils.checkpoint import (checkpoint_format,  # noqa: E402
-                                      missing_model_weights)
+from mmstvit.weights import (checkpoint_format,  # noqa: E402
+                             missing_model_weights)
 
 
 def parse_args(argv=None):

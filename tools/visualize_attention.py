@@ -86,7 +86,7 @@ def main(argv=None):
     from mmstvit.utils.launch import quiet_third_party_warnings
     quiet_third_party_warnings()
     if args.unsafe_load and args.checkpoint:
-        from mmstvit.utils.checkpoint import trust
+        from mmstvit.weights import trust
         trust(args.checkpoint)
     from mmstvit.visualization import VisualizationError, visualize_attention
     try:

@@ -48,9 +48,8 @@ def read_checkpoint(path: str):
     """``(checkpoint, None)`` when ``path`` is a checkpoint of an mm
     training run that loads with the weights-only reader (memory-mapped, so
     cheap), else ``(None, why not)``."""
-    from mmstvit.utils.checkpoint import (UnsafeCheckpointError,
-                                          is_official_checkpoint,
-                                          load_checkpoint_file)
+    from mmstvit.weights import (UnsafeCheckpointError, is_official_checkpoint,
+                                 load_checkpoint_file, sniff_format)
     if not osp.isfile(path):
         return None, 'there is no such file'
     try:
@@ -63,6 +62,10 @@ def read_checkpoint(path: str):
                       'a process killed while writing it leaves such a file')
     if is_official_checkpoint(ckpt):
         return None, ('it is an official STViT ImageNet checkpoint, with no '
+                      'training state; start a new run from it with '
+                      'load_from instead')
+    if sniff_format(path) == 'safetensors':
+        return None, ('it is a .safetensors file: weights only, with no '
                       'training state; start a new run from it with '
                       'load_from instead')
     if not isinstance(ckpt, dict) or not isinstance(
@@ -245,7 +248,7 @@ def choose_resume_checkpoint(work_dir: str,
 
 
 def _summarise(keys, n=6):
-    from mmstvit.utils.checkpoint import _summarise as summarise
+    from mmstvit.weights import summarise_keys as summarise
     return summarise(keys, n)
 
 

@@ -1,7 +1,7 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """The random states of a process, in forms the weights-only reader loads.
 
-Checkpoints are untrusted input (:mod:`mmstvit.utils.checkpoint` reads them
+Checkpoints are untrusted input (:mod:`mmstvit.weights` reads them
 with ``weights_only=True`` and a short allow-list), so the states are stored
 as tensors, ints, floats and strings only: Python's ``random`` (its 625-word
 Mersenne Twister state as an int64 tensor), numpy's legacy global generator

@@ -119,8 +119,8 @@ def build_stvit_from_config(config, checkpoint: Optional[str] = None,
 def load_weights(backbone, checkpoint: str) -> dict:
     """Loads an mm checkpoint or the authors' file into ``backbone`` with
     the project's one loader (weights-only, strict)."""
-    from mmstvit.utils.checkpoint import (CheckpointMismatchError,
-                                          load_stvit_state_dict)
+    from mmstvit.weights import (CheckpointMismatchError,
+                                 load_stvit_state_dict)
     if not osp.isfile(str(checkpoint)):
         raise VisualizationError(
             f'cannot load checkpoint {checkpoint}: no such file')

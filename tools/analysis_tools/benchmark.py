@@ -109,7 +109,7 @@ class _OfficialBackbone(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        from mmstvit.utils.official import official_backbone_features
+        from mmstvit.weights.official_model import official_backbone_features
         return tuple(official_backbone_features(self.model, x))
 
 
@@ -120,7 +120,7 @@ def build(name, stoken_size, official=None):
         return STViT(arch=name[-1], stoken_size=stoken_size,
                      drop_path_rate=0.)
     if name == 'official_stvit_s':
-        from mmstvit.utils.official import build_official_model
+        from mmstvit.weights.official_model import build_official_model
         return _OfficialBackbone(
             build_official_model(official, 'small', stoken_size=stoken_size))
     if name in SWIN:

@@ -97,7 +97,7 @@ def randomised(state_dict, seed):
 def official_weights(args, theirs):
     if args.checkpoint is None:
         return randomised(theirs.state_dict(), args.seed)
-    from mmstvit.utils.checkpoint import load_checkpoint_file
+    from mmstvit.weights import load_checkpoint_file
     try:
         ckpt = load_checkpoint_file(args.checkpoint, unsafe=args.unsafe_load)
     except (ValueError, pickle.UnpicklingError) as e:
@@ -142,9 +142,9 @@ def classifier(arch):
 
 def check_arch(arch, args, report):
     from mmstvit import STViT
-    from mmstvit.utils import convert_official_state_dict
-    from mmstvit.utils.official import (build_official_model,
-                                        official_backbone_features)
+    from mmstvit.weights import convert_official_state_dict
+    from mmstvit.weights.official_model import (build_official_model,
+                                                official_backbone_features)
     g = torch.Generator().manual_seed(args.seed + 1)
 
     # 1. classifier logits at 224

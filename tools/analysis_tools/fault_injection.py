@@ -266,7 +266,7 @@ def check_work_dir(work):
 def weight_difference(a_path, b_path):
     import torch
 
-    from mmstvit.utils.checkpoint import load_checkpoint_file
+    from mmstvit.weights import load_checkpoint_file
     a = load_checkpoint_file(a_path)['state_dict']
     b = load_checkpoint_file(b_path)['state_dict']
     unequal = [k for k in a if not torch.equal(a[k], b[k])]

@@ -530,10 +530,10 @@ class STViT(Planned, BaseModule):
         shape); ``strict=False`` allows a partial load, ``prefix`` picks the
         keys of a sub-module, ``which='model_ema'`` the authors' EMA weights
         and ``unsafe_load=True`` unpickles a trusted file beyond the
-        allow-list (see :mod:`mmstvit.utils.checkpoint`)."""
+        allow-list (see :mod:`mmstvit.weights`)."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from mmstvit.utils.checkpoint import load_stvit_state_dict
+            from mmstvit.weights import load_stvit_state_dict
             known = {'type', 'checkpoint', 'prefix', 'map_location',
                      'strict', 'which', 'unsafe_load'}
             unknown = sorted(set(cfg) - known)

@@ -19,7 +19,7 @@ class STViTClsHead(ClsHead):
     The parameter names are the official model's (``proj``, ``norm``) with
     the final linear layer named ``fc`` (their ``head``), so an official
     ImageNet checkpoint converted by
-    :func:`mmstvit.utils.convert_official_state_dict` evaluates as it is.
+    :func:`mmstvit.weights.convert_official_state_dict` evaluates as it is.
 
     Args:
         num_classes (int): Number of classes.
