@@ -15,7 +15,8 @@ import time
 import pytest
 from mmengine.config import Config
 
-from mmstvit.utils import launch
+from mmstvit.cli import dist, preflight
+from mmstvit.cli.errors import ToolError
 
 from helpers import REPO, free_port
 
@@ -56,31 +57,31 @@ def test_only_rank_0_of_each_launcher_checks(clean_rank_env, tmp_path,
     cfg = missing_root_cfg(tmp_path, launcher)
     for rank in ('1', '7'):
         clean_rank_env.setenv(var, rank)
-        assert launch.launcher_rank(launcher) == int(rank)
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))  # skipped
+        assert dist.launcher_rank(launcher) == int(rank)
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))  # skipped
     clean_rank_env.setenv(var, '0')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # another launcher's variable does not count
     for other in RANK_VARS:
         clean_rank_env.setenv(other, '0' if other == var else '3')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
 
 
 def test_non_distributed_runs_always_check(clean_rank_env, tmp_path):
     for var in RANK_VARS:  # e.g. inside a Slurm allocation
         clean_rank_env.setenv(var, '2')
     cfg = missing_root_cfg(tmp_path, 'none')
-    assert launch.launcher_rank('none') == 0
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    assert dist.launcher_rank('none') == 0
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # the launcher given outright wins over cfg.launcher
-    launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
+    preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
     # a variable that is not a number: checked, not skipped
     clean_rank_env.setenv('RANK', 'x')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
 
 
 # --------------------------------------------------------------------------
