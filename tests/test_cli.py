@@ -3,7 +3,6 @@
 (one line with the nearest names, exit 2), the pre-flight image check
 (fast mode: truncated and empty files named) and a file that breaks after
 the check (one line naming it and its sample index)."""
-import io
 import os
 import os.path as osp
 import subprocess

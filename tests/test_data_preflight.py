@@ -241,7 +241,7 @@ def test_benchmark_data_check_runs(tmp_path):
     assert 'bench.json' in table and '30 images, 200 annotations' in table
     for row in ('pycocotools COCO(path)',
                 'mmstvit check_coco_annotation(path)'):
-        line = next(l for l in table.splitlines() if l.startswith(row))
+        line = next(x for x in table.splitlines() if x.startswith(row))
         seconds, peak, added = map(float, line[len(row):].split())
         assert seconds >= 0 and peak > 0 and added >= 0
     assert 'mmstvit / pycocotools:' in table

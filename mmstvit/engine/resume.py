@@ -245,7 +245,7 @@ def choose_resume_checkpoint(work_dir: str,
 
 
 def _summarise(keys, n=6):
-    from mmstvit.utils.checkpoint import _summarise as summarise
+    from mmstvit.utils.text import summarise
     return summarise(keys, n)
 
 
