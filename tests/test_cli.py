@@ -259,3 +259,59 @@ def test_file_corrupted_after_the_check_ends_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f'mmstvit: cannot load {bad} (sample index 3): ')
     assert 'fix the file and run with --resume' in last
+
+
+# ---------------------------------------------------------------------------
+# CPU processes under slurm and MPI: mmengine's init_dist reads the launcher
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('launcher, env', [
+    ('slurm', dict(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
+                   SLURM_NODELIST='localhost')),
+    ('mpi', dict(OMPI_COMM_WORLD_RANK='0', OMPI_COMM_WORLD_SIZE='1',
+                 OMPI_COMM_WORLD_LOCAL_RANK='0')),
+])
+def test_cpu_process_group_from_the_launchers_environment(
+        launcher, env, monkeypatch):
+    import multiprocessing as mp
+
+    import torch.distributed as torch_dist
+    from mmengine.config import Config
+
+    from mmstvit.cli import dist
+    from helpers import free_port
+    if torch_dist.is_initialized():
+        pytest.fail('a process group is already running in this process')
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):
+        monkeypatch.setenv(var, '')  # so that undo removes what mmengine
+        monkeypatch.delenv(var)  # sets
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    port = free_port()
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl',
+                                                 port=port))))
+    if launcher == 'mpi':
+        monkeypatch.setenv('MASTER_PORT', str(port))
+    start_method = mp.get_start_method(allow_none=True)
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    try:
+        assert dist.setup_cpu_distributed(cfg, launcher)
+        assert torch_dist.get_backend() == 'gloo'
+        assert torch_dist.get_world_size() == 1
+        assert os.environ['RANK'] == '0' and os.environ['WORLD_SIZE'] == '1'
+        assert cfg.model_wrapper_cfg.type == 'CPUDistributedDataParallel'
+        assert mp.get_start_method(allow_none=True) == start_method
+    finally:
+        if torch_dist.is_initialized():
+            dist.release_process_group()
+
+
+def test_mpi_without_master_addr_is_a_tool_error(monkeypatch):
+    from mmstvit.cli import dist
+    monkeypatch.delenv('MASTER_ADDR', raising=False)
+    monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '0')
+    monkeypatch.setenv('MASTER_PORT', '29500')
+    with pytest.raises(errors.ToolError, match='MASTER_ADDR is not set'):
+        dist.init_cpu_process_group('mpi', {})

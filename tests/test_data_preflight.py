@@ -186,11 +186,16 @@ def test_torchrun_checks_each_annotation_file_once(tiny_det, tmp_path):
     # both processes log their INFO lines before the process group starts
     # (so a check on rank 1 would show): the switch to gloo, once each
     assert out.count("using the 'gloo' backend") == 2, out[-4000:]
-    assert out.count('mmstvit: data check: ') == 2, out[-4000:]
+    checked = [line.split('mmstvit: data check: ')[1].rsplit(' (', 1)[0]
+               for line in out.splitlines() if 'mmstvit: data check: ' in line]
+    assert len(checked) == len(set(checked)), out[-4000:]  # each once
     for split in ('train', 'val'):
         ann = f'{data}/annotations/instances_{split}.json'
         assert out.count(f'mmstvit: data check: {ann}: 2 images') == 1, \
             out[-4000:]
+    # and the images of both splits (tools/train.py's --data-check fast)
+    assert sum('images readable (fast check)' in c for c in checked) == 2, \
+        checked
 
 
 def test_torchrun_stops_both_processes_on_a_bad_annotation_file(

@@ -81,12 +81,19 @@ def init_cpu_process_group(launcher: str, dist_cfg: dict) -> None:
               if k not in ('backend', 'port')}
     if launcher == 'slurm' and dist_cfg.get('port') is not None:
         kwargs['port'] = dist_cfg['port']
+    import multiprocessing as mp
+    start_method = mp.get_start_method(allow_none=True)
     try:
         with _no_cuda_device():
             init_dist(launcher, backend='gloo', **kwargs)
-    except KeyError as e:
-        raise ToolError(f'mmstvit: the environment variable {e} is not set '
-                        f'(needed by --launcher {launcher})') from None
+    except KeyError as e:  # mmengine reads the launcher's variables
+        what = str(e.args[0] if e.args else e)
+        if what.isidentifier():
+            what = f'the environment variable {what} is not set'
+        raise ToolError(f'mmstvit: --launcher {launcher}: {what}') from None
+    finally:
+        if start_method is None:  # init_dist sets 'spawn'; the Runner sets
+            mp.set_start_method(None, force=True)  # env_cfg.mp_cfg's
 
 
 def setup_cpu_distributed(cfg, launcher: str) -> bool:
