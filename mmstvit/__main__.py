@@ -47,9 +47,18 @@ def _summary(path: str) -> str:
 
 def _resolve(arg: str) -> str:
     """A ``scope::folder/file.py`` argument as its file; others as given."""
-    if mim.SCOPED.match(arg) and arg.endswith('.py'):
+    if not (mim.SCOPED.match(arg) and arg.endswith('.py')):
+        return arg
+    try:
         return mim.config_path(arg)
-    return arg
+    except FileNotFoundError:
+        from mmstvit.cli.config_path import ConfigPathError, check_config_path
+        from mmstvit.cli.errors import exit_with
+        try:
+            check_config_path(arg)
+        except ConfigPathError as e:
+            raise exit_with(e) from None
+        raise
 
 
 def command(tool: str, args) -> list:

@@ -145,9 +145,11 @@ def resolve_checkpoint(path: Optional[str], task: str):
         return None, None
     import pickle
 
-    from mmstvit.utils import launch
-    from mmstvit.weights import checkpoint_format
-    if launch.is_remote(path):
+    from mmstvit.weights import (OFFICIAL_BACKBONE_SCHEME,
+                                          OFFICIAL_SCHEME, checkpoint_format,
+                                          register_official_scheme)
+    from mmstvit.utils.paths import is_remote
+    if is_remote(path):
         return path, None
     if not osp.isfile(path):
         raise InputError(f'{path}: no such file')
@@ -165,7 +167,10 @@ def resolve_checkpoint(path: Optional[str], task: str):
                 'tools/train.py CONFIG: its init_cfg loads this file into '
                 'the backbone) and pass the checkpoint the run saves.')
         note = 'an official STViT ImageNet file: converted while loading'
-        return launch.official_load_from(path, task), note
+        register_official_scheme()
+        scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
+            OFFICIAL_BACKBONE_SCHEME
+        return scheme + path, note
     if fmt != 'mm':
         raise InputError(
             f"{path} is neither an mm checkpoint (with 'state_dict') nor an "

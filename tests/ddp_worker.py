@@ -55,7 +55,7 @@ def worker(rank, world, out_dir, port, layout, drop_path_rate):
         train_and_save(rank, out_dir, layout, drop_path_rate)
     finally:
         # the DDP wrapper holding the group went with train_and_save's frame
-        from mmstvit.tool_support import release_process_group
+        from mmstvit.cli.dist import release_process_group
         release_process_group()
 
 

@@ -25,7 +25,8 @@ import mmstvit  # noqa: F401
 from mmstvit import STViT
 from mmstvit.engine import DeviceAmpOptimWrapper, amp_plan
 from mmstvit.engine.amp import AmpPlan
-from mmstvit.utils import launch
+from mmstvit.cli import amp as cli_amp
+from mmstvit.cli.errors import ToolError
 from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO
@@ -266,26 +267,26 @@ def _cfg(wrapper='OptimWrapper', **kw):
 
 def test_apply_amp_and_check_amp(monkeypatch):
     cfg = _cfg()
-    launch.apply_amp(cfg)
+    cli_amp.apply_amp(cfg)
     assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
-    launch.check_amp(cfg)  # runs here (bfloat16 on a CPU)
+    cli_amp.check_amp(cfg)  # runs here (bfloat16 on a CPU)
 
-    with pytest.raises(launch.ToolError, match='--amp works with'):
-        launch.apply_amp(_cfg('ApexOptimWrapper'))
+    with pytest.raises(ToolError, match='--amp works with'):
+        cli_amp.apply_amp(_cfg('ApexOptimWrapper'))
 
     if torch.cuda.is_available():
         return
     # mmengine's own AmpOptimWrapper cannot run on a CPU: --amp turns it
     # into ours, and without --amp the tools stop naming both fixes
     cfg = _cfg('AmpOptimWrapper')
-    with pytest.raises(launch.ToolError, match='add --amp') as e:
-        launch.check_amp(cfg)
+    with pytest.raises(ToolError, match='add --amp') as e:
+        cli_amp.check_amp(cfg)
     assert 'DeviceAmpOptimWrapper' in str(e.value)
-    launch.apply_amp(cfg)
+    cli_amp.apply_amp(cfg)
     assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
-    with pytest.raises(launch.ToolError, match='bfloat16 or float16'):
-        launch.check_amp(_cfg('DeviceAmpOptimWrapper', dtype='float64'))
+    with pytest.raises(ToolError, match='bfloat16 or float16'):
+        cli_amp.check_amp(_cfg('DeviceAmpOptimWrapper', dtype='float64'))
 
 
 # ---------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def test_tools_unsafe_load_flag(tmp_path):
 def test_train_unsafe_load_trusts_the_run_files(tmp_path):
     from mmengine.config import Config
 
-    from mmstvit.utils import launch
+    from mmstvit.cli.load_from import trust_run_files
     cfg = Config(dict(
         load_from=str(tmp_path / 'a.pth'),
         model=dict(backbone=dict(type='STViT', init_cfg=dict(
@@ -242,7 +242,7 @@ def test_train_unsafe_load_trusts_the_run_files(tmp_path):
             neck=dict(init_cfg=dict(type='Pretrained',
                                     checkpoint='https://x/y.pth')))))
     try:
-        marked = launch.trust_run_files(cfg, str(tmp_path / 'c.pth'))
+        marked = trust_run_files(cfg, str(tmp_path / 'c.pth'))
         assert sorted(marked) == sorted(
             str(tmp_path / n) for n in ('a.pth', 'b.pth', 'c.pth'))
         assert ck.is_trusted(tmp_path / 'b.pth')
@@ -425,10 +425,10 @@ def test_a_broken_toolbox_stops_only_its_own_features(tmp_path):
         '    import mmseg',
         'except RuntimeError as e:',
         '    print("mmseg raised", e)',
-        'from mmstvit.utils import launch',
+        'from mmstvit.cli import ToolError, run_config',
         'try:',
-        '    launch.register_toolbox("mmseg")',
-        'except launch.ToolError as e:',
+        '    run_config.register_toolbox("mmseg")',
+        'except ToolError as e:',
         '    print("tool:", e)',
     ])
     r = _run_python(code, tmp_path, env_path=tmp_path / 'fake')

@@ -21,7 +21,8 @@ from mmengine.registry import init_default_scope
 import mmstvit  # noqa: F401
 from mmstvit.data.toy_data import generate_toy_data
 from mmstvit.weights import convert_official_state_dict
-from mmstvit.utils.launch import detect_task, find_missing_pretrained
+from mmstvit.builder import detect_task
+from mmstvit.cli.pretrained import find_missing_pretrained
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmstvit.data.checks import DataError
 from mmstvit.data.toy_data import generate_toy_data
-from mmstvit.utils.launch import check_datasets
+from mmstvit.cli.preflight import check_datasets
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

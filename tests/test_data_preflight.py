@@ -15,7 +15,8 @@ import time
 import pytest
 from mmengine.config import Config
 
-from mmstvit.utils import launch
+from mmstvit.cli import dist, preflight
+from mmstvit.cli.errors import ToolError
 
 from helpers import REPO, free_port
 
@@ -56,31 +57,31 @@ def test_only_rank_0_of_each_launcher_checks(clean_rank_env, tmp_path,
     cfg = missing_root_cfg(tmp_path, launcher)
     for rank in ('1', '7'):
         clean_rank_env.setenv(var, rank)
-        assert launch.launcher_rank(launcher) == int(rank)
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))  # skipped
+        assert dist.launcher_rank(launcher) == int(rank)
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))  # skipped
     clean_rank_env.setenv(var, '0')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # another launcher's variable does not count
     for other in RANK_VARS:
         clean_rank_env.setenv(other, '0' if other == var else '3')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
 
 
 def test_non_distributed_runs_always_check(clean_rank_env, tmp_path):
     for var in RANK_VARS:  # e.g. inside a Slurm allocation
         clean_rank_env.setenv(var, '2')
     cfg = missing_root_cfg(tmp_path, 'none')
-    assert launch.launcher_rank('none') == 0
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ))
+    assert dist.launcher_rank('none') == 0
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ))
     # the launcher given outright wins over cfg.launcher
-    launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
+    preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
     # a variable that is not a number: checked, not skipped
     clean_rank_env.setenv('RANK', 'x')
-    with pytest.raises(launch.ToolError, match='does not exist'):
-        launch.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
+    with pytest.raises(ToolError, match='does not exist'):
+        preflight.stop_on_bad_data(cfg, 'mmdet', ('train', ), launcher='pytorch')
 
 
 # --------------------------------------------------------------------------
@@ -185,11 +186,16 @@ def test_torchrun_checks_each_annotation_file_once(tiny_det, tmp_path):
     # both processes log their INFO lines before the process group starts
     # (so a check on rank 1 would show): the switch to gloo, once each
     assert out.count("using the 'gloo' backend") == 2, out[-4000:]
-    assert out.count('mmstvit: data check: ') == 2, out[-4000:]
+    checked = [line.split('mmstvit: data check: ')[1].rsplit(' (', 1)[0]
+               for line in out.splitlines() if 'mmstvit: data check: ' in line]
+    assert len(checked) == len(set(checked)), out[-4000:]  # each once
     for split in ('train', 'val'):
         ann = f'{data}/annotations/instances_{split}.json'
         assert out.count(f'mmstvit: data check: {ann}: 2 images') == 1, \
             out[-4000:]
+    # and the images of both splits (tools/train.py's --data-check fast)
+    assert sum('images readable (fast check)' in c for c in checked) == 2, \
+        checked
 
 
 def test_torchrun_stops_both_processes_on_a_bad_annotation_file(
@@ -240,7 +246,7 @@ def test_benchmark_data_check_runs(tmp_path):
     assert 'bench.json' in table and '30 images, 200 annotations' in table
     for row in ('pycocotools COCO(path)',
                 'mmstvit check_coco_annotation(path)'):
-        line = next(l for l in table.splitlines() if l.startswith(row))
+        line = next(x for x in table.splitlines() if x.startswith(row))
         seconds, peak, added = map(float, line[len(row):].split())
         assert seconds >= 0 and peak > 0 and added >= 0
     assert 'mmstvit / pycocotools:' in table

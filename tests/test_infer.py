@@ -140,7 +140,7 @@ def test_classification(tool, images, tmp_path):
     assert (out / 'vis' / 'scene.png').is_file()
 
 
-def test_bad_inputs_are_named(tool, images, tmp_path):
+def test_bad_inputs_are_named(tool, images, tmp_path, capsys):
     text = tmp_path / 'notes.txt'
     text.write_text('not an image')
     broken = tmp_path / 'broken.jpg'
@@ -155,13 +155,19 @@ def test_bad_inputs_are_named(tool, images, tmp_path):
         ([CLS, str(tmp_path / 'missing.jpg')], 'no such file or folder'),
         ([CLS, str(images), '--weights', str(tmp_path / 'nope.pth')],
          '--weights'),
-        (['configs/nope.py', str(images)], 'config not found'),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             run_infer(tool, argv)
         assert message in str(e.value), (argv, e.value)
         assert str(e.value).startswith('mmstvit infer:')
+    # a config path with a typo: the nearest configs, exit status 2, as
+    # tools/train.py and tools/test.py (tests/test_cli.py)
+    with pytest.raises(SystemExit) as e:
+        run_infer(tool, ['configs/nope.py', str(images)])
+    assert e.value.code == 2
+    assert 'config configs/nope.py does not exist; nearest: configs/' in \
+        capsys.readouterr().err
 
 
 def test_config_of_another_backbone(tool, images, tmp_path):

@@ -23,7 +23,8 @@ from mmengine.config import Config
 import mmstvit  # noqa: F401
 from mmstvit import STViT
 from mmstvit import weights as ck
-from mmstvit.utils import launch
+from mmstvit.cli import load_from, pretrained, run_config
+from mmstvit.cli.errors import ToolError
 from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO, free_port, load_script
@@ -208,10 +209,10 @@ def test_tool_errors_end_the_tools_with_their_message(
     """The glue raises ToolError (library code never exits); each tool's
     main turns it into its exit message, without a traceback."""
     def broken(task):
-        raise launch.ToolError(f'mmstvit: this is a {task} config, but '
+        raise ToolError(f'mmstvit: this is a {task} config, but '
                                'mmseg cannot be imported: fix it')
 
-    monkeypatch.setattr(launch, 'register_toolbox', broken)
+    monkeypatch.setattr(run_config, 'register_toolbox', broken)
     cfg = tmp_path / 'c.py'
     cfg.write_text("default_scope = 'mmseg'\n")
     ckpt = tmp_path / 'm.pth'
@@ -220,11 +221,11 @@ def test_tool_errors_end_the_tools_with_their_message(
     argv = [str(cfg)] + ([str(ckpt)] if tool == 'test' else [])
     with pytest.raises(SystemExit) as e:
         module.main(argv)
-    assert not isinstance(e.value, launch.ToolError)
+    assert not isinstance(e.value, ToolError)
     assert str(e.value) == ('mmstvit: this is a mmseg config, but mmseg '
                             'cannot be imported: fix it')
     assert e.value.__cause__ is None and e.value.__suppress_context__
-    assert not issubclass(launch.ToolError, SystemExit)
+    assert not issubclass(ToolError, SystemExit)
 
 
 def _cfg(**kw):
@@ -367,10 +368,10 @@ def test_test_parse_and_merge_args(test_tool, keep_local_rank, tmp_path):
 
 
 def test_detect_task():
-    assert launch.detect_task(Config(dict(default_scope='mmdet'))) == 'mmdet'
-    assert launch.detect_task(
+    assert run_config.detect_task(Config(dict(default_scope='mmdet'))) == 'mmdet'
+    assert run_config.detect_task(
         Config(dict(model=dict(type='mmseg.EncoderDecoder')))) == 'mmseg'
-    assert launch.detect_task(Config(dict(model=dict(type='X')))) == \
+    assert run_config.detect_task(Config(dict(model=dict(type='X')))) == \
         'mmengine'
 
 
@@ -398,23 +399,23 @@ def test_find_missing_pretrained(tmp_path):
                 pretrained='open-mmlab://resnet50_v1c',
                 aux=dict(pretrained='gone/c.pth')),
             load_from='gone/d.pth'))
-    missing = launch.find_missing_pretrained(cfg)
+    missing = pretrained.find_missing_pretrained(cfg)
     assert [(k, p) for k, p, _ in missing] == [
         ('model.backbone.init_cfg.checkpoint', 'gone/a.pth'),
         ('model.neck.init_cfg[2].checkpoint', 'gone/b.pth'),
         ('model.aux.pretrained', 'gone/c.pth'),
         ('load_from', 'gone/d.pth'),
     ]
-    msg = launch.missing_pretrained_message(missing)
+    msg = pretrained.missing_pretrained_message(missing)
     from mmstvit.weights import OFFICIAL_WEIGHTS_HELP
     assert OFFICIAL_WEIGHTS_HELP in msg
     assert 'model.backbone.init_cfg=None' in msg
     assert osp.abspath('gone/a.pth') in msg
-    assert launch.find_missing_pretrained(cfg, load_from=False)[-1][0] == \
+    assert pretrained.find_missing_pretrained(cfg, load_from=False)[-1][0] == \
         'model.aux.pretrained'
     cfg.model.backbone.init_cfg = None
     assert 'model.backbone.init_cfg.checkpoint' not in [
-        k for k, _, _ in launch.find_missing_pretrained(cfg)
+        k for k, _, _ in pretrained.find_missing_pretrained(cfg)
     ]
 
 
@@ -548,7 +549,7 @@ def test_official_format_detection_and_conversion(tmp_path):
             self.neck = torch.nn.Conv2d(64, 8, 1)
 
     model = Det()
-    path = launch.official_load_from(str(tmp_path / 'official.pth'), 'mmdet')
+    path = load_from.official_load_from(str(tmp_path / 'official.pth'), 'mmdet')
     assert path.startswith('stvit-official-backbone://')
     out = load_checkpoint(model, path, map_location='cpu')
     assert out['meta']['converted_from'] == str(tmp_path / 'official.pth')
@@ -560,17 +561,17 @@ def test_train_load_from_official_is_converted(tmp_path):
     official_file(tmp_path / 'official.pth', tiny_backbone().state_dict())
     path = str(tmp_path / 'official.pth')
     cfg = Config(dict(load_from=path, resume=False))
-    launch.convert_load_from(cfg, 'mmseg')
+    load_from.convert_load_from(cfg, 'mmseg')
     assert cfg.load_from == 'stvit-official-backbone://' + path
     cfg = Config(dict(load_from=path, resume=False))
-    launch.convert_load_from(cfg, 'mmpretrain')
+    load_from.convert_load_from(cfg, 'mmpretrain')
     assert cfg.load_from == 'stvit-official://' + path
-    with pytest.raises(launch.ToolError, match='cannot resume'):
-        launch.convert_load_from(
+    with pytest.raises(ToolError, match='cannot resume'):
+        load_from.convert_load_from(
             Config(dict(load_from=path, resume=True)), 'mmseg')
     torch.save(dict(state_dict={}), tmp_path / 'mm.pth')
     cfg = Config(dict(load_from=str(tmp_path / 'mm.pth'), resume=True))
-    launch.convert_load_from(cfg, 'mmseg')
+    load_from.convert_load_from(cfg, 'mmseg')
     assert cfg.load_from == str(tmp_path / 'mm.pth')
 
 
@@ -581,22 +582,22 @@ def test_official_load_from_gets_the_strict_backbone_check(tmp_path):
     model = dict(backbone=dict(type='STViT', arch=TINY_ARCH, init_cfg=None))
     official_file(tmp_path / 'full.pth', sd)
     cfg = Config(dict(load_from=str(tmp_path / 'full.pth'), model=model))
-    launch.convert_load_from(cfg, 'mmdet')
+    load_from.convert_load_from(cfg, 'mmdet')
     assert cfg.load_from.startswith('stvit-official-backbone://')
 
     partial = {k: v for k, v in sd.items() if not k.startswith('layers.3')}
     official_file(tmp_path / 'partial.pth', partial)
     cfg = Config(dict(load_from=str(tmp_path / 'partial.pth'), model=model))
-    with pytest.raises(launch.ToolError) as e:
-        launch.convert_load_from(cfg, 'mmdet')
+    with pytest.raises(ToolError) as e:
+        load_from.convert_load_from(cfg, 'mmdet')
     msg = str(e.value)
     assert 'missing from the file' in msg and 'layers.3.blocks.0' in msg
     assert 'strict=False' in msg
 
     official_file(tmp_path / 'small.pth', STViT('small').state_dict())
     cfg = Config(dict(load_from=str(tmp_path / 'small.pth'), model=model))
-    with pytest.raises(launch.ToolError, match="STViT-small .*arch='small'"):
-        launch.convert_load_from(cfg, 'mmdet')
+    with pytest.raises(ToolError, match="STViT-small .*arch='small'"):
+        load_from.convert_load_from(cfg, 'mmdet')
 
 
 def test_test_tool_refuses_weights_that_leave_heads_random(seg_case):
@@ -655,7 +656,7 @@ def test_dist_train_cpu_then_resume_and_test(seg_case):
     # the parameters are laid out as their gradients (tests/test_ddp.py)
     assert 'Grad strides do not match bucket view strides' not in out
     # third-party warnings nobody can act on stay hidden in every process
-    # (tool_support.KNOWN_THIRD_PARTY_WARNINGS)
+    # (cli.quiet.KNOWN_THIRD_PARTY_WARNINGS)
     assert '`broadcast_buffers` is deprecated' not in out
     if not torch.cuda.is_available():
         assert 'SyncBatchNorm only runs on accelerators' in out
@@ -859,7 +860,7 @@ def test_mmpretrain_dist_train_and_official_test(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (tmp_path / 'w' / 'iter_2.pth').is_file()
     # mmpretrain's loaders pin memory; on a CPU torch says so once per
-    # loader and process, hidden (tool_support.KNOWN_THIRD_PARTY_WARNINGS)
+    # loader and process, hidden (cli.quiet.KNOWN_THIRD_PARTY_WARNINGS)
     if not torch.cuda.is_available():
         assert "'pin_memory' argument is set as true" not in proc.stderr
 

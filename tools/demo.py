@@ -198,7 +198,7 @@ def random_init_checkpoint(config, path):
     import torch
 
     from mmstvit.builder import build_model
-    from mmstvit.tool_support import mm_log_level
+    from mmstvit.cli.quiet import mm_log_level
     torch.manual_seed(0)
     # init_weights reports every parameter: not for the console
     with mm_log_level('ERROR'), warnings.catch_warnings():

@@ -118,20 +118,25 @@ def logs_to(path):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    if not osp.isfile(args.config):
-        _fail(f'config not found: {args.config}')
+    from mmstvit.cli.config_path import ConfigPathError, check_config_path
+    from mmstvit.cli.errors import exit_with
+    try:
+        check_config_path(args.config)
+    except ConfigPathError as e:
+        raise exit_with(e) from None
     from mmengine.config import Config
 
     import mmstvit  # noqa: F401
     from mmstvit.inference import (TASK_NAMES, InputError, infer,
                                    list_images, require_stvit,
                                    resolve_checkpoint, summary_line)
-    from mmstvit.utils import launch
+    from mmstvit.builder import detect_task
+    from mmstvit.cli.run_config import register_toolbox
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    task = launch.detect_task(cfg)
+    task = detect_task(cfg)
     try:
         require_stvit(cfg, args.config, task)
         images = list_images(args.inputs)
@@ -155,7 +160,7 @@ def main(argv=None):
              'random weights (no --weights: a dry run)'), flush=True)
     if note:
         print(f'  {note}')
-    launch.register_toolbox(task)
+    register_toolbox(task)
     log = osp.join(out_dir, 'infer.log')
     with logs_to(log):
         results = infer(cfg, images, task, out_dir, weights=weights,

@@ -33,7 +33,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import ConfigDict  # noqa: E402
 
-from mmstvit.utils import launch  # noqa: E402
+from mmstvit.builder import TASKS  # noqa: E402
+from mmstvit.cli import (dist, load_from, preflight, run_args,  # noqa: E402
+                         run_config)
+from mmstvit.cli.errors import ToolError, exit_with  # noqa: E402
+from mmstvit.cli.pretrained import walk_config  # noqa: E402
+from mmstvit.utils.paths import is_remote  # noqa: E402
 from mmstvit.weights import (checkpoint_format,  # noqa: E402
                              missing_model_weights)
 
@@ -72,13 +77,13 @@ def parse_args(argv=None):
         'interval, 50 in its configs); mmdet draws every image')
     parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation')
-    launch.add_run_arguments(
+    run_args.add_run_arguments(
         parser,
         unsafe_help='trust the checkpoint: unpickle it fully '
         '(weights_only=False) even if it holds objects beyond weights. '
         'Loading such a file can run any code it holds; only for files from '
         'a source you trust')
-    args = launch.parse_run_args(parser, argv)
+    args = run_args.parse_run_args(parser, argv)
     if args.out_item is not None and args.out is None:
         parser.error('--out-item needs --out')
     return args
@@ -136,7 +141,7 @@ def _innermost_dataset(dataset_cfg):
 def _has_mask_head(model_cfg):
     return any(
         key.endswith('mask_head') and sub is not None
-        for key, sub in launch._walk(model_cfg, 'model'))
+        for key, sub in walk_config(model_cfg, 'model'))
 
 
 def apply_tta(cfg, task):
@@ -200,7 +205,7 @@ def apply_tta(cfg, task):
 
 def set_checkpoint(cfg, checkpoint, task):
     """``load_from``; the authors' files are converted while loading."""
-    if launch.is_remote(checkpoint):
+    if is_remote(checkpoint):
         cfg.load_from = checkpoint
         return
     if not osp.isfile(osp.expanduser(checkpoint)):
@@ -213,7 +218,7 @@ def set_checkpoint(cfg, checkpoint, task):
     except (ValueError, EOFError, pickle.UnpicklingError) as e:
         raise SystemExit(f'mmstvit: cannot read {checkpoint}: {e}') from None
     if fmt == 'official':
-        cfg.load_from = launch.official_load_from(checkpoint, task)
+        cfg.load_from = load_from.official_load_from(checkpoint, task)
     else:
         cfg.load_from = checkpoint
 
@@ -221,15 +226,15 @@ def set_checkpoint(cfg, checkpoint, task):
 def check_checkpoint_covers_model(runner, checkpoint, task, config):
     """Stops when the checkpoint leaves part of the built model at its
     random initial values (an ImageNet file on a detection config ...)."""
-    if launch.is_remote(checkpoint):
+    if is_remote(checkpoint):
         return
     model = runner.model
     while hasattr(model, 'module'):  # DDP, TTA wrappers
         model = model.module
-    keys = launch.checkpoint_keys(osp.expanduser(checkpoint))
+    keys = load_from.checkpoint_keys(osp.expanduser(checkpoint))
     missing = missing_model_weights(model.state_dict().keys(), keys)
     if missing:
-        raise SystemExit(launch.untrained_parts_message(
+        raise SystemExit(load_from.untrained_parts_message(
             checkpoint, missing, task, config))
 
 
@@ -239,14 +244,14 @@ def merge_args(cfg, args, task):
             pin_memory=True, collate_fn=dict(type='default_collate'))
         loader.update(cfg.test_dataloader)
         cfg.test_dataloader = loader
-    launch.apply_run_arguments(cfg, args)
+    run_args.apply_run_arguments(cfg, args)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
-        launch.trust_run_files(cfg, args.checkpoint)
+        load_from.trust_run_files(cfg, args.checkpoint)
     set_checkpoint(cfg, args.checkpoint, task)
 
     if args.show or args.show_dir:
-        if task not in launch.TASKS:
+        if task not in TASKS:
             raise SystemExit('mmstvit: --show/--show-dir need an mmdet, mmseg '
                              'or mmpretrain config')
         trigger_visualization(cfg, args, task)
@@ -277,26 +282,33 @@ def add_dump_metric(runner, args, task):
 
 
 def main(argv=None):
-    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` (a
-    problem the user must fix) ends it with its message, no traceback."""
+    """Runs the tool; a :class:`~mmstvit.cli.errors.ToolError` (a
+    problem the user must fix) or a
+    :class:`~mmstvit.data.errors.DataLoadError` (a file that cannot be
+    loaded) ends it with its message, no traceback."""
+    from mmstvit.data.errors import DataLoadError
     try:
         return run(argv)
-    except launch.ToolError as e:
-        raise SystemExit(str(e)) from None
+    except ToolError as e:
+        raise exit_with(e) from None
+    except DataLoadError as e:
+        raise SystemExit(f'mmstvit: {e}; fix the file and test again') \
+            from None
 
 
 def run(argv=None):
     args = parse_args(argv)
-    cfg, task = launch.load_run_config(args.config)
+    cfg, task = run_config.load_run_config(args.config)
     cfg = merge_args(cfg, args, task)
-    launch.stop_on_bad_data(cfg, task, ('test', ))
-    launch.setup_cpu_distributed(cfg, args.launcher)
+    preflight.stop_on_bad_data(cfg, task, ('test', ))
+    preflight.name_load_errors(cfg, ('test', ))
+    dist.setup_cpu_distributed(cfg, args.launcher)
 
     # the STViT backbones run their inference-only deploy plan (after the
     # checkpoint is loaded), as tools/infer.py serves them
     cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + [
         dict(type='STViTDeployHook')]
-    runner = launch.build_runner(cfg)
+    runner = run_config.build_runner(cfg)
     check_checkpoint_covers_model(runner, args.checkpoint, task, args.config)
     add_dump_metric(runner, args, task)
     metrics = runner.test()
@@ -306,7 +318,7 @@ def run(argv=None):
         if is_main_process():
             mmengine.dump(metrics, args.out)
     del runner  # its DDP wrapper holds the process group (finish_distributed)
-    launch.finish_distributed()
+    dist.finish_distributed()
     return metrics
 
 

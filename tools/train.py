@@ -27,8 +27,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import ConfigDict  # noqa: E402
 
+from mmstvit.builder import detect_task  # noqa: E402
+from mmstvit.cli import (amp, dist, load_from, preflight,  # noqa: E402
+                         pretrained, run_args, run_config)
+from mmstvit.cli.errors import ToolError, exit_with  # noqa: E402
+from mmstvit.data.errors import DataLoadError  # noqa: E402
 from mmstvit.engine import checkpoint_hook, resume  # noqa: E402
-from mmstvit.utils import launch  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,14 +59,21 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the learning rate by the real batch size '
         '(auto_scale_lr.base_batch_size in the config)')
-    launch.add_run_arguments(
+    parser.add_argument(
+        '--data-check',
+        choices=preflight.DATA_CHECK_MODES,
+        default='fast',
+        help='the image files of the train and val data sets, before the '
+        'run: fast (end markers and headers, no decoding; default), full '
+        '(decode every image) or off. See docs/training.md')
+    run_args.add_run_arguments(
         parser,
         unsafe_help='trust the weights files of this run (load_from, '
         '--resume, the Pretrained init_cfg checkpoints): unpickle them fully '
         '(weights_only=False) even if they hold objects beyond weights. '
         'Loading such a file can run any code it holds; only for files from '
         'a source you trust')
-    return launch.parse_run_args(parser, argv)
+    return run_args.parse_run_args(parser, argv)
 
 
 def set_default_dataloader_cfg(cfg, fields):
@@ -86,10 +97,10 @@ def merge_args(cfg, args, task):
     if task == 'mmpretrain':
         set_default_dataloader_cfg(
             cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
-    launch.apply_run_arguments(cfg, args)
+    run_args.apply_run_arguments(cfg, args)
 
     if args.amp:
-        launch.apply_amp(cfg)
+        amp.apply_amp(cfg)
 
     if args.auto_scale_lr:
         if 'auto_scale_lr' in cfg and \
@@ -111,7 +122,7 @@ def merge_args(cfg, args, task):
     checkpoint_hook.use_in_config(cfg)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
-        launch.trust_run_files(cfg)
+        load_from.trust_run_files(cfg)
     return cfg
 
 
@@ -129,42 +140,58 @@ def keep_seed_of_resumed_run(cfg):
         cfg.randomness.seed = resume.checkpoint_seed(path)
 
 
-def check_before_build(cfg):
+def check_before_build(cfg, data_check='fast'):
     """Stops (exit code 1, no traceback) on what would fail later."""
     if cfg.get('resume', False):
         keep_seed_of_resumed_run(cfg)
-    launch.check_amp(cfg)
-    missing = launch.find_missing_pretrained(cfg, load_from=True)
+    amp.check_amp(cfg)
+    missing = pretrained.find_missing_pretrained(cfg, load_from=True)
     if missing:
-        raise SystemExit(launch.missing_pretrained_message(missing))
-    task = launch.detect_task(cfg)
+        raise SystemExit(pretrained.missing_pretrained_message(missing))
+    task = detect_task(cfg)
     # load_from: weights-only read, the authors' format converted after the
     # strict backbone check
-    launch.convert_load_from(cfg, task)
-    launch.stop_on_bad_data(cfg, task, ('train', 'val'))
+    load_from.convert_load_from(cfg, task)
+    preflight.stop_on_bad_data(cfg, task, ('train', 'val'), images=data_check)
+    # a file that fails later is named, with its sample index
+    preflight.name_load_errors(cfg, ('train', 'val'))
+
+
+def data_error_message(e: DataLoadError) -> str:
+    """The one line a data error during the run ends with."""
+    if e.saved_checkpoint:
+        then = (f'the last completed iteration was saved to '
+                f'{e.saved_checkpoint}; fix the file and run with --resume')
+    else:
+        then = ('fix the file and run with --resume (it continues from the '
+                'last checkpoint of the work dir)')
+    return f'mmstvit: {e}; {then}'
 
 
 def main(argv=None):
-    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` or a
+    """Runs the tool; a :class:`~mmstvit.cli.errors.ToolError`, a
     :class:`~mmstvit.engine.resume.ResumeError` (a problem the user must
-    fix) ends it with its message, no traceback."""
+    fix) or a :class:`~mmstvit.data.errors.DataLoadError` (a file that
+    failed during the run) ends it with one message, no traceback."""
     try:
         return run(argv)
-    except (launch.ToolError, resume.ResumeError) as e:
-        raise SystemExit(str(e)) from None
+    except (ToolError, resume.ResumeError) as e:
+        raise exit_with(e) from None
+    except DataLoadError as e:
+        raise SystemExit(data_error_message(e)) from None
 
 
 def run(argv=None):
     args = parse_args(argv)
-    cfg, task = launch.load_run_config(args.config)
+    cfg, task = run_config.load_run_config(args.config)
     cfg = merge_args(cfg, args, task)
-    check_before_build(cfg)
-    launch.setup_cpu_distributed(cfg, args.launcher)
+    check_before_build(cfg, args.data_check)
+    dist.setup_cpu_distributed(cfg, args.launcher)
 
-    runner = launch.build_runner(cfg)
+    runner = run_config.build_runner(cfg)
     runner.train()
     del runner  # its DDP wrapper holds the process group (finish_distributed)
-    launch.finish_distributed()
+    dist.finish_distributed()
 
 
 if __name__ == '__main__':

@@ -83,7 +83,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmstvit.utils.launch import quiet_third_party_warnings
+    from mmstvit.cli.quiet import quiet_third_party_warnings
     quiet_third_party_warnings()
     if args.unsafe_load and args.checkpoint:
         from mmstvit.weights import trust

@@ -1,5 +1,6 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""Toy data generation and pre-training data checks (numpy + Pillow only).
+"""Toy data generation, pre-training data checks (numpy + Pillow only) and
+the error of a sample that cannot be loaded.
 
 Names are loaded lazily (PEP 562) so that
 ``python -m mmstvit.data.toy_data`` does not import ``toy_data`` twice
@@ -10,12 +11,15 @@ import importlib
 _EXPORTS = {
     'toy_data': (
         'generate_toy_data', 'generate_toy_coco', 'generate_toy_ade',
-        'generate_toy_cls', 'generate_scene', 'generate_cls_image', 'mask_to_polygons', 'GENERATOR_VERSION',
+        'generate_toy_cls', 'generate_scene', 'generate_cls_image',
+        'mask_to_polygons', 'GENERATOR_VERSION',
         'TOY_COCO_CLASSES', 'TOY_COCO_PALETTE', 'TOY_SEG_CLASSES',
         'TOY_SEG_PALETTE', 'TOY_COCO_DIR', 'TOY_ADE_DIR', 'TOY_CLS_DIR',
         'TOY_CLS_CLASSES'),
     'checks': ('DataError', 'check_data_root', 'check_coco_annotation',
                'check_seg_label_maps'),
+    'image_files': ('check_images', 'image_problem'),
+    'errors': ('DataLoadError', 'NameLoadErrors'),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

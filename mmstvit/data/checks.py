@@ -321,6 +321,25 @@ def _load_coco(path, fix):
                         f'({e}). {fix}') from None
 
 
+def _checkers(data, path, fix):
+    """The checker of each COCO key: fed while parsing, or fed here."""
+    checkers = {}
+    for key in _COCO_KEYS:
+        value = data[key]
+        if isinstance(value, (_IdEntries, _Annotations)):
+            checkers[key] = value  # fed while parsing
+            continue
+        if not isinstance(value, list):
+            raise DataError(f'{path}: "{key}" must be a list, got '
+                            f'{type(value).__name__}. {fix}')
+        checker = _Annotations() if key == 'annotations' else _IdEntries(
+            key, _IMAGE_KEYS if key == 'images' else _CATEGORY_KEYS)
+        for entry in value:
+            checker.add(entry)
+        checkers[key] = checker
+    return checkers
+
+
 def check_coco_annotation(path):
     """Checks that a file is a usable COCO instance annotation file.
 
@@ -363,22 +382,9 @@ def check_coco_annotation(path):
         raise DataError(f'{path} is not a COCO instances file: it lacks '
                         f'{", ".join(repr(k) for k in missing)} (has '
                         f'{_examples(sorted(map(repr, data)))}). {fix}')
-    checkers = {}
-    for key in _COCO_KEYS:
-        value = data[key]
-        if isinstance(value, (_IdEntries, _Annotations)):
-            checkers[key] = value  # fed while parsing
-            continue
-        if not isinstance(value, list):
-            raise DataError(f'{path}: "{key}" must be a list, got '
-                            f'{type(value).__name__}. {fix}')
-        checker = _Annotations() if key == 'annotations' else _IdEntries(
-            key, _IMAGE_KEYS if key == 'images' else _CATEGORY_KEYS)
-        for entry in value:
-            checker.add(entry)
-        checkers[key] = checker
+    checkers = _checkers(data, path, fix)
     categories = data['categories']
-    del data, value
+    del data
     image_ids = checkers['images'].id_set(path, fix)
     cat_ids = checkers['categories'].id_set(path, fix)
     if not categories:
@@ -394,6 +400,26 @@ def check_coco_annotation(path):
         num_annotations=anns.count,
         num_categories=len(cats),
         categories=tuple(c['name'] for c in cats))
+
+
+def _labels_out_of_range(p, num_classes, ignore_index):
+    """The values of label map ``p`` out of range (a list, maybe empty)."""
+    from PIL import Image
+    try:
+        with Image.open(p) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+    except OSError as e:
+        raise DataError(f'Label map {p} cannot be read ({e}).') from None
+    if arr.ndim != 2:
+        raise DataError(
+            f'Label map {p} has mode {mode!r} with {arr.shape[-1]} '
+            'channels; label maps must be single-channel images whose '
+            'pixel values are class indices (mode "L" or "P"), not '
+            'colour visualisations.')
+    values = np.unique(arr)
+    return values[(values >= num_classes)
+                  & (values != ignore_index)].tolist()
 
 
 def check_seg_label_maps(ann_dir, num_classes, ignore_index=255,
@@ -431,25 +457,9 @@ def check_seg_label_maps(ann_dir, num_classes, ignore_index=255,
                         '`data_prefix.seg_map_path` and `seg_map_suffix`.')
     if max_files is not None:
         files = files[:max_files]
-    from PIL import Image
-    bad = []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                mode = im.mode
-                arr = np.asarray(im)
-        except OSError as e:
-            raise DataError(f'Label map {p} cannot be read ({e}).') from None
-        if arr.ndim != 2:
-            raise DataError(
-                f'Label map {p} has mode {mode!r} with {arr.shape[-1]} '
-                'channels; label maps must be single-channel images whose '
-                'pixel values are class indices (mode "L" or "P"), not '
-                'colour visualisations.')
-        values = np.unique(arr)
-        wrong = values[(values >= num_classes) & (values != ignore_index)]
-        if wrong.size:
-            bad.append((p, wrong.tolist()))
+    bad = [(p, wrong) for p in files
+           for wrong in [_labels_out_of_range(p, num_classes, ignore_index)]
+           if wrong]
     if bad:
         shown = '; '.join(
             f'{p} has {_examples(v)}' for p, v in bad[:_MAX_LISTED])

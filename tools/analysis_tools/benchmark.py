@@ -238,7 +238,7 @@ def count_flops(model, shape, device):
     from mmengine.analysis import FlopAnalyzer
 
     from mmstvit.models.backbones.execution import use_kernels
-    from mmstvit.tool_support import mm_log_level
+    from mmstvit.cli.quiet import mm_log_level
     x = torch.randn(1, 3, *shape, device=device)
     # "unsupported operator" lists, per model; STViT counted with the
     # paper's protocol (its reference plan)
@@ -349,7 +349,7 @@ def _ddp_worker(rank, world, port, device, shape, batch, threads, warmup,
         _ddp_rounds(rank, device, shape, batch, warmup, rounds, amp, queue)
     finally:
         # the DDP wrappers holding the group went with _ddp_rounds' frame
-        from mmstvit.tool_support import release_process_group
+        from mmstvit.cli.dist import release_process_group
         release_process_group()
 
 
@@ -578,7 +578,7 @@ def settings(args):
 
 def run(args):
     import mmstvit  # noqa: F401
-    from mmstvit.tool_support import quiet_third_party_warnings
+    from mmstvit.cli.quiet import quiet_third_party_warnings
     quiet_third_party_warnings()
     device = torch.device(args.device)
     if args.threads:

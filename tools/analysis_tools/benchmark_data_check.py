@@ -1,9 +1,20 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""Time and peak memory of the COCO pre-flight check beside pycocotools.
+"""Time and peak memory of the COCO pre-flight check beside pycocotools;
+files per second of the image check.
 
     python tools/analysis_tools/benchmark_data_check.py [--images 59000]
         [--annotations 430000] [--points 11] [--out FILE.json | --ann FILE]
         [--repeats 1] [--keep]
+    python tools/analysis_tools/benchmark_data_check.py --image-files 3000
+        [--image-dir DIR] [--full-files 300]
+
+``--image-files N`` writes N COCO-sized JPEGs (640x480, quality 90; 1% of
+them truncated) and times :func:`mmstvit.data.image_files.check_images`
+in its fast mode over all of them and in its full mode (decoding) over
+``--full-files`` of them; files/s are per CPU second of this process and
+per wall-clock second, with the files in the page cache (just written), so
+they measure the check, not the disk. ``--image-dir DIR`` times an existing
+folder (e.g. COCO's train2017) instead.
 
 tools/train.py and tools/test.py check a config's COCO annotation files
 (:func:`mmstvit.data.checks.check_coco_annotation`) before they build
@@ -65,6 +76,13 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=1,
                         help='child processes per method (the table shows '
                         'the fastest time and the largest peak)')
+    parser.add_argument('--image-files', type=int, default=0,
+                        help='time the image check on this many generated '
+                        'JPEGs instead (e.g. 3000)')
+    parser.add_argument('--image-dir', help='time the image check on the '
+                        'images of this folder instead')
+    parser.add_argument('--full-files', type=int, default=300,
+                        help='files for the full (decoding) mode')
     parser.add_argument('--child', choices=METHODS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -233,8 +251,74 @@ def measure(method, path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------------
+# the image check
+# ---------------------------------------------------------------------------
+
+
+def write_jpegs(folder, n, seed=0):
+    """``n`` 640x480 JPEGs (16 distinct smooth pictures with noise, quality
+    90: about COCO's file size), every 100th truncated to two thirds.
+    Returns the truncated files."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640]
+    encoded = []
+    for k in range(16):
+        base = (np.sin(xx / (20 + 5 * k)) + np.cos(yy / (15 + 3 * k))) * 60
+        img = base[..., None] + rng.normal(128, 20, (480, 640, 3))
+        buf = io.BytesIO()
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
+            buf, 'JPEG', quality=90)
+        encoded.append(buf.getvalue())
+    bad = []
+    for i in range(n):
+        data = encoded[i % 16]
+        path = os.path.join(folder, f'{i:012d}.jpg')
+        if i % 100 == 99:
+            data = data[:len(data) * 2 // 3]
+            bad.append(path)
+        with open(path, 'wb') as f:
+            f.write(data)
+    return bad
+
+
+def _time_check(paths, mode):
+    from mmstvit.data.image_files import find_unreadable_images
+    cpu, wall = time.process_time(), time.perf_counter()
+    count, bad = find_unreadable_images(paths, mode)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    print(f'{mode:>5} mode: {count:,} files in {wall:.2f} s wall, '
+          f'{cpu:.2f} CPU s: {count / max(cpu, 1e-9):,.0f} files per CPU '
+          f'second, {count / max(wall, 1e-9):,.0f} per second; '
+          f'{len(bad)} unreadable')
+    return {p for p, _ in bad}
+
+
+def image_check_benchmark(args):
+    from mmstvit.data.image_files import image_files
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, truncated = args.image_dir, None
+        if folder is None:
+            folder = tmp
+            _progress(f'writing {args.image_files:,} JPEGs to {tmp} ...')
+            truncated = set(write_jpegs(tmp, args.image_files, args.seed))
+        paths = list(image_files(folder))
+        mib = sum(os.path.getsize(p) for p in paths) / 2**20
+        print(f'{len(paths):,} images, {mib:.0f} MiB in {folder}; python '
+              f'{sys.version.split()[0]}, {os.cpu_count()} CPUs')
+        found = _time_check(paths, 'fast')
+        _time_check(paths[:args.full_files], 'full')
+    if truncated is not None and found != truncated:
+        raise SystemExit(f'benchmark_data_check: the fast check found '
+                         f'{len(found)} files, {len(truncated)} were cut')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.image_files or args.image_dir:
+        return image_check_benchmark(args)
     if args.child:
         child(args.child, args.ann)
         return

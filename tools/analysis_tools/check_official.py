@@ -131,7 +131,7 @@ class Report:
 def classifier(arch):
     """mmstvit's ImageNet classifier from its config, no pretrained file."""
     from mmstvit.builder import build_model
-    from mmstvit.tool_support import mm_log_level, quiet_third_party_warnings
+    from mmstvit.cli.quiet import mm_log_level, quiet_third_party_warnings
     quiet_third_party_warnings()
     # mmpretrain notes that batch augmentations turn on one-hot labels
     with mm_log_level('WARNING'):

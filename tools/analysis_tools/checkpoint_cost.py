@@ -47,7 +47,7 @@ def training_checkpoint(config):
     from mmengine.config import Config
 
     from mmstvit.builder import build_model
-    from mmstvit.tool_support import mm_log_level
+    from mmstvit.cli.quiet import mm_log_level
     cfg = Config.fromfile(config)
     with mm_log_level(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the heads' deprecation notes
@@ -83,7 +83,7 @@ def main():
     args = parse_args()
     from mmengine.runner.checkpoint import save_checkpoint
 
-    from mmstvit.tool_support import mm_log_level, quiet_third_party_warnings
+    from mmstvit.cli.quiet import mm_log_level, quiet_third_party_warnings
     quiet_third_party_warnings()
 
     from mmstvit.engine import rng_state

@@ -140,7 +140,7 @@ def measure(config, shape=None):
     from mmengine.config import Config
 
     import mmstvit  # noqa: F401
-    from mmstvit.utils.launch import quiet_third_party_warnings
+    from mmstvit.cli.quiet import quiet_third_party_warnings
     quiet_third_party_warnings()
     from mmstvit.builder import build_model, detect_task
     cfg = Config.fromfile(config)

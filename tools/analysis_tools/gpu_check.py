@@ -413,7 +413,7 @@ def _error(e):
 
 def run(args):
     import mmstvit  # noqa: F401
-    from mmstvit.tool_support import mm_log_level, quiet_third_party_warnings
+    from mmstvit.cli.quiet import mm_log_level, quiet_third_party_warnings
     quiet_third_party_warnings()
     device = torch.device(args.device)
     if args.threads:

@@ -131,14 +131,15 @@ def main(argv=None):
 
     import mmstvit  # noqa: F401
     from mmstvit import export
+    from mmstvit.builder import detect_task
+    from mmstvit.cli.run_config import register_toolbox
     from mmstvit.inference import (InputError, require_stvit,
                                    resolve_checkpoint)
-    from mmstvit.utils import launch
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    task = launch.detect_task(cfg)
+    task = detect_task(cfg)
     try:
         require_stvit(cfg, args.config, task)
         checkpoint, note = resolve_checkpoint(args.checkpoint, task)
@@ -151,7 +152,7 @@ def main(argv=None):
         raise SystemExit(
             f'mmstvit: --part {part} is not available for an {task} config; '
             f'choose one of {", ".join(export.PARTS[task])}')
-    launch.register_toolbox(task)
+    register_toolbox(task)
     # mm's own INFO lines (model building, checkpoint loading) stay quiet
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -166,7 +167,7 @@ def export_and_check(args, cfg, task, part, checkpoint, note):
     import torch
 
     from mmstvit import export
-    from mmstvit.utils import launch
+    from mmstvit.builder import TASKS
 
     H, W = args.shape
     stem = osp.splitext(osp.basename(args.config))[0]
@@ -176,7 +177,7 @@ def export_and_check(args, cfg, task, part, checkpoint, note):
         model=dict(mmpretrain='classifier logits',
                    mmseg='segmentor logits at the input size'),
         features=dict(mmdet='backbone + neck feature maps'),
-        backbone={t: 'STViT backbone stage maps' for t in launch.TASKS})
+        backbone={t: 'STViT backbone stage maps' for t in TASKS})
     print(f'mmstvit export: {args.config} -> {what[part][task]} '
           f'(--part {part}), input {args.batch_size}x3x{H}x{W}, '
           + (f'weights {args.checkpoint}' if args.checkpoint else
