@@ -10,7 +10,8 @@ import importlib
 _EXPORTS = {
     'toy_data': (
         'generate_toy_data', 'generate_toy_coco', 'generate_toy_ade',
-        'generate_toy_cls', 'generate_scene', 'generate_cls_image', 'mask_to_polygons', 'GENERATOR_VERSION',
+        'generate_toy_cls', 'generate_scene', 'generate_cls_image',
+        'mask_to_polygons', 'GENERATOR_VERSION',
         'TOY_COCO_CLASSES', 'TOY_COCO_PALETTE', 'TOY_SEG_CLASSES',
         'TOY_SEG_PALETTE', 'TOY_COCO_DIR', 'TOY_ADE_DIR', 'TOY_CLS_DIR',
         'TOY_CLS_CLASSES'),

@@ -182,30 +182,13 @@ def write_coco(path, num_images, num_annotations, mean_points=11,
 # ---------------------------------------------------------------------------
 
 
-def _status_kib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'no {field} in /proc/self/status')
-
-
-def _restart_peak():
-    """Restarts VmHWM from the current RSS (Linux); False where refused."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
 def child(method, path):
     """Runs one method on ``path`` and prints its numbers as JSON."""
     import resource
 
     from pycocotools.coco import COCO
 
+    from mmstvit.analysis.memory import peak_rss_kib, reset_peak_rss, rss_kib
     from mmstvit.data.checks import check_coco_annotation
 
     def run():
@@ -217,12 +200,16 @@ def child(method, path):
         return dict(images=info['num_images'],
                     annotations=info['num_annotations'])
 
-    before = _status_kib('VmRSS')
-    restarted = _restart_peak()
+    before = rss_kib()
+    try:
+        reset_peak_rss()  # VmHWM restarts from the current RSS (Linux)
+        restarted = True
+    except OSError:
+        restarted = False
     t0 = time.perf_counter()
     counts = run()
     seconds = time.perf_counter() - t0
-    peak = _status_kib('VmHWM') if restarted else \
+    peak = peak_rss_kib() if restarted else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps(dict(seconds=seconds, before_kib=before, peak_kib=peak,
                           **counts)))
