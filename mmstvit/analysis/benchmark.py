@@ -12,9 +12,8 @@ from . import compiled, ddp
 from .memory import release_memory
 from .models import ALL_MODELS, CLS_STOKEN, DET_STOKEN, build, count_flops
 from .models import stoken_for, trainable_params
-from .report import machine, save
 from .speed import fresh_train_peak, inference_times, training_times
-from .support import quiet_warnings
+from .support import machine, quiet_warnings, save
 from .timing import log, summary
 
 PROTOCOL = ('one process, warm, interleaved rounds, median (one call per '

@@ -1,10 +1,14 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""The tools' process set-up that the analysis tools take from mmstvit's
-tool support: quiet third-party warnings, mmengine's log level, the
-release of a process group. The one module of :mod:`mmstvit.analysis` that
-imports it."""
+"""What the analysis tools share with a person and with mmstvit's tool
+support: progress lines, the machine and JSON of a run; quiet third-party
+warnings, mmengine's log level, the release of a process group (the one
+module of :mod:`mmstvit.analysis` that imports the tool support)."""
+import json
+import platform
 import sys
 import time
+
+import torch
 
 
 def quiet_warnings():
@@ -34,3 +38,16 @@ def logger(tool):
               flush=True)
 
     return log
+
+
+def machine(device, **extra):
+    """The device, its name, the threads and torch version of this run."""
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
+            platform.processor() or platform.machine())
+    return dict(device=str(device), name=name, **extra)
+
+
+def save(results, path):
+    """Writes the results so far (a long run that stops keeps them)."""
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=2)

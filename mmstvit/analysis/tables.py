@@ -5,7 +5,26 @@ compare_checkouts.py (:func:`checkouts`)."""
 import torch
 
 from .models import LABELS
-from .report import cell, header, row, with_range
+
+def cell(value, fmt):
+    """``value`` formatted by ``fmt`` (e.g. ``'{:.2f}'``), ``-`` for None."""
+    return '-' if value is None else fmt.format(value)
+
+
+def with_range(value, low, high, fmt='{:.2f}'):
+    """``value (low-high)``: a median and the range of its rounds."""
+    return f'{fmt.format(value)} ({fmt.format(low)}-{fmt.format(high)})'
+
+
+def header(*names):
+    """The first two lines of a markdown table with these columns."""
+    return [row(*names), '|' + '---|' * len(names)]
+
+
+def row(*cells):
+    """One markdown table row (an empty cell is ``| |``)."""
+    return ' '.join(['|'] + [f'{c} |' if str(c) else '|' for c in cells])
+
 
 DDP_NAMES = {'one process': 'one process (no DDP)',
              'ddp': 'DDP, parameters channels last (now)',

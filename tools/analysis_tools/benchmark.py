@@ -68,7 +68,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 sys.path.insert(0, ROOT)
 
 from mmstvit.analysis import benchmark, models, tables  # noqa: E402
-from mmstvit.analysis.report import save  # noqa: E402
+from mmstvit.analysis.support import save  # noqa: E402
 
 
 def parse_args(argv=None):

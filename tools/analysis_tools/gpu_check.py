@@ -56,7 +56,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from mmstvit.analysis import device_check  # noqa: E402
-from mmstvit.analysis.report import save  # noqa: E402
+from mmstvit.analysis.support import save  # noqa: E402
 
 
 def parse_args(argv=None):
