@@ -6,6 +6,7 @@ import torch
 
 from .models import LABELS
 
+
 def cell(value, fmt):
     """``value`` formatted by ``fmt`` (e.g. ``'{:.2f}'``), ``-`` for None."""
     return '-' if value is None else fmt.format(value)

@@ -121,7 +121,6 @@ def parse_args(argv=None):
     return args
 
 
-
 def main(argv=None):
     args = parse_args(argv)
     results = benchmark.run(args)
