@@ -7,10 +7,10 @@ import os.path as osp
 import subprocess
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
+from mmstvit.analysis import fast_paths, tables
+from mmstvit.analysis import flops as get_flops  # get_flops.py's protocol
 
-import get_flops  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def test_get_flops_classifier_matches_paper():
@@ -91,7 +91,7 @@ def test_cascade_counted_with_masks_on_100_rois():
     head = model.roi_head
     feats = tuple(torch.randn(1, 256, 64 // 2**i, 64 // 2**i)
                   for i in range(5))
-    samples = [get_flops._data_sample('mmdet', (256, 256))]
+    samples = [get_flops.data_sample('mmdet', (256, 256))]
 
     def proposals(n):
         xy = torch.rand(n, 2) * 200
@@ -128,7 +128,7 @@ def test_rpn_proposals_padded_to_max_per_img():
     torch.manual_seed(0)
     model = _flops_model(cfg)
     x = torch.randn(1, 3, 128, 160)
-    samples = [get_flops._data_sample('mmdet', (128, 160))]
+    samples = [get_flops.data_sample('mmdet', (128, 160))]
     with torch.no_grad():
         feats = model.extract_feat(x)
         own = model.rpn_head.predict(feats, samples, rescale=False)[0]
@@ -213,13 +213,11 @@ def test_fast_paths_variants_turn_off_one_flag_each():
     flags that do not apply to a setting are left out, not measured."""
     import dataclasses
 
-    import fast_paths
-    from mmstvit.models.backbones import execution
+    from mmstvit.analysis import plans
     covered = set()
     for name, flags in fast_paths.VARIANTS.items():
         for inference, base in (
-                (True, execution.deploy_plan(execution.HAS_ONEDNN)),
-                (False, execution.FAST)):
+                (True, plans.deploy_plan()), (False, plans.fast_plan())):
             plan = fast_paths.plan(name, inference)
             only = fast_paths.TRAINING_ONLY if inference else \
                 fast_paths.INFERENCE_ONLY
@@ -229,12 +227,52 @@ def test_fast_paths_variants_turn_off_one_flag_each():
             changed = {f.name for f in dataclasses.fields(plan)
                        if getattr(plan, f.name) != getattr(base, f.name)}
             assert changed == set(flags) or (
-                name == 'no oneDNN post-ops' and not execution.HAS_ONEDNN), \
+                name == 'no oneDNN post-ops' and not plans.HAS_ONEDNN), \
                 (name, changed)
         covered |= set(flags)
     # every flag of the plan has its variant
-    assert covered == {f.name for f in dataclasses.fields(execution.Kernels)}
-    rows = fast_paths.table(
+    assert covered == set(plans.flag_names())
+    rows = tables.fast_paths(
         {v: {'a': 1.0} for v in fast_paths.VARIANTS}, ['a']).splitlines()
     assert rows[2].startswith('| all fast paths | 1.000 s |')
     assert all('+0.0%' in r for r in rows[3:3 + len(fast_paths.VARIANTS) - 1])
+
+
+def test_import_mmstvit_leaves_the_analysis_library_out():
+    code = ('import sys, mmstvit; '
+            "print(sorted(m for m in sys.modules if 'analysis' in m))")
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not [m for m in eval(out.stdout.strip().splitlines()[-1])
+                if m.startswith('mmstvit.')], out.stdout
+
+
+def test_benchmark_table_of_ddp_and_compile_rows():
+    """The rows benchmark.py prints for --ddp and --compile (the quick run
+    covers --ddp; --compile takes minutes)."""
+    run = dict(seconds=2.0, seconds_min=1.5, seconds_max=2.5, img_s=1.0)
+    results = dict(
+        machine=dict(device='cpu', name='x86_64', threads=2, torch='2'),
+        settings=dict(dtype='float32', protocol='p', rounds=1,
+                      train_rounds=1),
+        models={},
+        ddp=dict(setting='128x96 b2 per process', threads_per_process=1,
+                 rows={'one process': dict(run, processes=1, efficiency=None,
+                                           grad_stride_warnings=None),
+                       'ddp': dict(run, processes=2, efficiency=0.5,
+                                   grad_stride_warnings=0)}),
+        compile={'train': dict(setting='1280x800 b2', eager_s=2.0,
+                               eager_range=[1.0, 3.0], compiled_s=1.0,
+                               compiled_range=[0.5, 1.5], speedup=2.0,
+                               compile_s=61.4)})
+    rows = tables.benchmark(results).splitlines()
+    assert '| one process (no DDP) | 1 | 2.00 (1.50-2.50) | 1.00 | - | - |' \
+        in rows
+    assert ('| DDP, parameters channels last (now) | 2 | 2.00 (1.50-2.50) '
+            '| 1.00 | 0.50 | 0 |') in rows
+    assert rows[-3:] == [
+        '| | setting | eager s | compiled s | speed-up | compile s |',
+        '|---|---|---|---|---|---|',
+        '| train | 1280x800 b2 | 2.000 (1.000-3.000) | 1.000 (0.500-1.500) '
+        '| 2.00x | 61 |']

@@ -13,7 +13,8 @@ from PIL import Image
 
 from helpers import load_script
 
-toy = load_script('mmstvit/data/toy_data.py', '_mmstvit_toy_data')
+# (mmstvit/data as a package of its own: its modules import each other)
+toy = load_script('tools/misc/make_toy_data.py').load_generator()
 checks = load_script('mmstvit/data/checks.py', '_mmstvit_checks')
 
 NUM_TRAIN, NUM_VAL = 8, 4

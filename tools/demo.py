@@ -250,14 +250,8 @@ def pictures(show_dir):
     return sorted(found)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    t0 = time.time()
-    work_root = osp.join(HOME, args.work_dir) if not osp.isabs(
-        args.work_dir) else args.work_dir
-    print('mmstvit demo: STViT-S Mask R-CNN and UperNet from random init on '
-          f'the toy data (CPU); full logs under {work_root}/<task>/*.log',
-          flush=True)
+def make_data(args):
+    """Step 1: the toy data sets, written if absent."""
     from mmstvit.data.toy_data import format_report, generate_toy_data
     sizes = {
         k: v
@@ -269,83 +263,75 @@ def main(argv=None):
     print('\n'.join('  ' + line for line in format_report(report)),
           flush=True)
 
-    py = sys.executable
-    opts = data_options(args)
-    summary = dict(tasks={})
-    for task in TASKS:
-        if task['name'] not in args.tasks:
-            continue
-        name = task['name']
-        wd = osp.join(args.work_dir, name)
-        wd_abs = osp.join(work_root, name)
-        extra = list(opts[name]) if opts else []
-        train_opts = list(extra)
-        if args.iters is not None:
-            train_opts += [
-                f'train_cfg.max_iters={args.iters}',
-                f'train_cfg.val_interval={args.iters}',
-                f'default_hooks.checkpoint.interval={args.iters}'
-            ]
-        cfg_opts = (lambda o: ['--cfg-options'] + o if o else [])
-        print(f'[{name}] {task["title"]}: {task["config"]}', flush=True)
 
-        print('  evaluate at random init ...', end=' ', flush=True)
-        init_ckpt = osp.join(wd_abs, 'random_init.pth')
-        random_init_checkpoint(task['config'], init_ckpt)
-        t_before = run([
-            py, in_root('tools/test.py'), in_root(task['config']), init_ckpt,
-            '--work-dir',
-            osp.join(wd, 'test_before')
-        ] + cfg_opts(extra), osp.join(wd_abs, 'test_before.log'))
-        before = latest_metrics(osp.join(wd_abs, 'test_before'))
-        before = {k: before.get(v) for k, v in task['metrics'].items()}
-        print(f'{metrics_text(task, before)} ({t_before:.0f} s)', flush=True)
+def cfg_opts(options):
+    return ['--cfg-options'] + options if options else []
 
-        iters, every = schedule(task['config'], args.iters)
-        print(f'  train {plural(iters, "iteration")} (a line every '
-              f'{plural(every, "iteration")}):', flush=True)
-        t_train = run(
-            [py, in_root('tools/train.py'), in_root(task['config']),
-             '--work-dir', wd] +
-            cfg_opts(train_opts), osp.join(wd_abs, 'train.log'))
-        ckpt = last_checkpoint(wd_abs)
-        print(f'  trained in {t_train:.0f} s: {ckpt}', flush=True)
 
-        print('  evaluate the trained model ...', end=' ', flush=True)
-        show_dir = osp.join(wd_abs, 'pictures')
-        t_after = run([
-            py, in_root('tools/test.py'), in_root(task['config']), ckpt,
-            '--work-dir',
-            osp.join(wd, 'test_after'), '--show-dir', show_dir
-        ] + task['show_args'] + cfg_opts(extra),
-                      osp.join(wd_abs, 'test_after.log'))
-        after = latest_metrics(osp.join(wd_abs, 'test_after'))
-        after = {k: after.get(v) for k, v in task['metrics'].items()}
-        pics = pictures(show_dir) or pictures(osp.join(wd_abs, 'test_after'))
-        print(f'{metrics_text(task, after)} ({t_after:.0f} s), '
-              f'{plural(len(pics), "picture")}', flush=True)
-        summary['tasks'][name] = dict(
-            title=task['title'],
-            config=task['config'],
-            checkpoint=ckpt,
-            before=before,
-            after=after,
-            seconds=dict(
-                test_before=round(t_before, 1),
-                train=round(t_train, 1),
-                test_after=round(t_after, 1)),
-            pictures=pics,
-            logs={
-                k: osp.join(wd_abs, f'{k}.log')
-                for k in ('test_before', 'train', 'test_after')
-            })
+def evaluate(task, checkpoint, wd, wd_abs, phase, extra, show_dir=None):
+    """``tools/test.py`` of ``task``'s config with ``checkpoint``: the
+    seconds it took and the task's metrics."""
+    show = ['--show-dir', show_dir] + task['show_args'] if show_dir else []
+    seconds = run([
+        sys.executable, in_root('tools/test.py'), in_root(task['config']),
+        checkpoint, '--work-dir', osp.join(wd, phase)
+    ] + show + cfg_opts(extra), osp.join(wd_abs, f'{phase}.log'))
+    found = latest_metrics(osp.join(wd_abs, phase))
+    return seconds, {k: found.get(v) for k, v in task['metrics'].items()}
 
-    summary['total_seconds'] = round(time.time() - t0, 1)
-    os.makedirs(work_root, exist_ok=True)
-    out = osp.join(work_root, 'summary.json')
-    with open(out, 'w') as f:
-        json.dump(summary, f, indent=2)
 
+def train(task, args, wd, wd_abs, extra):
+    """``tools/train.py`` of ``task``'s config: seconds and checkpoint."""
+    options = list(extra)
+    if args.iters is not None:
+        options += [
+            f'train_cfg.max_iters={args.iters}',
+            f'train_cfg.val_interval={args.iters}',
+            f'default_hooks.checkpoint.interval={args.iters}'
+        ]
+    iters, every = schedule(task['config'], args.iters)
+    print(f'  train {plural(iters, "iteration")} (a line every '
+          f'{plural(every, "iteration")}):', flush=True)
+    seconds = run(
+        [sys.executable, in_root('tools/train.py'), in_root(task['config']),
+         '--work-dir', wd] + cfg_opts(options), osp.join(wd_abs, 'train.log'))
+    ckpt = last_checkpoint(wd_abs)
+    print(f'  trained in {seconds:.0f} s: {ckpt}', flush=True)
+    return seconds, ckpt
+
+
+def run_task(task, args, extra, work_root):
+    """Steps 2-4 for one task: its summary entry."""
+    name = task['name']
+    wd = osp.join(args.work_dir, name)
+    wd_abs = osp.join(work_root, name)
+    print(f'[{name}] {task["title"]}: {task["config"]}', flush=True)
+    print('  evaluate at random init ...', end=' ', flush=True)
+    init_ckpt = osp.join(wd_abs, 'random_init.pth')
+    random_init_checkpoint(task['config'], init_ckpt)
+    t_before, before = evaluate(task, init_ckpt, wd, wd_abs, 'test_before',
+                                extra)
+    print(f'{metrics_text(task, before)} ({t_before:.0f} s)', flush=True)
+    t_train, ckpt = train(task, args, wd, wd_abs, extra)
+    print('  evaluate the trained model ...', end=' ', flush=True)
+    show_dir = osp.join(wd_abs, 'pictures')
+    t_after, after = evaluate(task, ckpt, wd, wd_abs, 'test_after', extra,
+                              show_dir)
+    pics = pictures(show_dir) or pictures(osp.join(wd_abs, 'test_after'))
+    print(f'{metrics_text(task, after)} ({t_after:.0f} s), '
+          f'{plural(len(pics), "picture")}', flush=True)
+    return dict(
+        title=task['title'], config=task['config'], checkpoint=ckpt,
+        before=before, after=after,
+        seconds=dict(test_before=round(t_before, 1), train=round(t_train, 1),
+                     test_after=round(t_after, 1)),
+        pictures=pics,
+        logs={k: osp.join(wd_abs, f'{k}.log')
+              for k in ('test_before', 'train', 'test_after')})
+
+
+def print_summary(summary, out):
+    """Step 5: the metrics before and after, the pictures, the targets."""
     print('\n' + '=' * 72)
     print('mmstvit demo: STViT-S trained from random init on the toy data')
     print(f'{"model":34s} {"metric":9s} {"before":>8s} {"after":>8s}')
@@ -370,6 +356,30 @@ def main(argv=None):
                       f'{"met" if ok else "NOT met"}')
     print(f'total {summary["total_seconds"] / 60:.1f} min; summary: {out}')
     print('=' * 72)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    work_root = osp.join(HOME, args.work_dir) if not osp.isabs(
+        args.work_dir) else args.work_dir
+    print('mmstvit demo: STViT-S Mask R-CNN and UperNet from random init on '
+          f'the toy data (CPU); full logs under {work_root}/<task>/*.log',
+          flush=True)
+    make_data(args)
+    opts = data_options(args)
+    summary = dict(tasks={})
+    for task in TASKS:
+        if task['name'] in args.tasks:
+            extra = list(opts[task['name']]) if opts else []
+            summary['tasks'][task['name']] = run_task(task, args, extra,
+                                                      work_root)
+    summary['total_seconds'] = round(time.time() - t0, 1)
+    os.makedirs(work_root, exist_ok=True)
+    out = osp.join(work_root, 'summary.json')
+    with open(out, 'w') as f:
+        json.dump(summary, f, indent=2)
+    print_summary(summary, out)
     return summary
 
 

@@ -154,18 +154,28 @@ def pixel_attention(attn, x: torch.Tensor, queries: torch.Tensor,
     """
     if x.shape[0] != 1:
         raise ValueError('pixel_attention takes one image')
-    _, C, H0, W0 = x.shape
     queries = torch.as_tensor(queries, dtype=torch.long, device=x.device)
-    mod = attn.stoken_refine
     if not attn.uses_super_tokens:
-        idx = queries[:, 0] * W0 + queries[:, 1]
-        # only the query rows of the softmax: an N x N map would not fit in
-        # memory for large images
-        q, k, _ = mod.qkv_heads(x)  # (1, heads, N, d)
-        w = ((q[:, :, idx] @ k.transpose(-1, -2)) * mod.scale).softmax(-1)
-        maps = _select_head(w, head)[0].reshape(-1, H0, W0)
-        return dict(maps=maps, mass=maps.sum((1, 2)))
+        return _token_attention(attn.stoken_refine, x, queries, head)
+    return _super_token_attention(attn, x, queries, head)
 
+
+def _token_attention(mod, x, queries, head):
+    """:func:`pixel_attention` of plain token attention: the softmax rows
+    of the queries."""
+    W0 = x.shape[-1]
+    idx = queries[:, 0] * W0 + queries[:, 1]
+    # only the query rows of the softmax: an N x N map would not fit in
+    # memory for large images
+    q, k, _ = mod.qkv_heads(x)  # (1, heads, N, d)
+    w = ((q[:, :, idx] @ k.transpose(-1, -2)) * mod.scale).softmax(-1)
+    maps = _select_head(w, head)[0].reshape(-1, *x.shape[-2:])
+    return dict(maps=maps, mass=maps.sum((1, 2)))
+
+
+def _super_token_attention(attn, x, queries, head):
+    """:func:`pixel_attention` through the association (super tokens)."""
+    mod = attn.stoken_refine
     sampling = attn.associate(x)
     hh, ww, H, W, _, _ = grid = sampling.grid
     sh, sw = attn.stoken_size

@@ -122,6 +122,42 @@ def super_token_maps(model: LoadedModel, picture: np.ndarray,
     return out, net_size
 
 
+def _stages_with_super_tokens(stage, model):
+    """``[stage]``, or every stage with super token size > 1; a
+    :class:`VisualizationError` when there is nothing to draw."""
+    sizes = model.stoken_sizes
+    with_st = [i for i, s in enumerate(sizes) if s[0] > 1 or s[1] > 1]
+    desc = ', '.join(f'{i} ({sizes[i][0]}x{sizes[i][1]})' for i in with_st)
+    if stage is not None:
+        stage = _check_stage(stage, model)
+        if stage not in with_st:
+            raise VisualizationError(
+                f'stage {stage} has super token size 1x1 (plain attention, '
+                f'no super tokens to draw); stages with super tokens: '
+                f'{desc or "none"}')
+        return [stage]
+    if not with_st:
+        raise VisualizationError(
+            f'no stage of the STViT in {model.config_name} has super '
+            f'tokens (stoken_size {[s[0] for s in sizes]})')
+    return with_st
+
+
+def _fitting(stages, model, net, image_size, log):
+    """The ``stages`` whose maps fit the network input ``net``; the others
+    are skipped with a message (an error when none fits)."""
+    problems = {i: _check_fits(i, model, net, net != image_size)
+                for i in stages}
+    fit = [i for i in stages if problems[i] is None]
+    if not fit:
+        raise VisualizationError(problems[stages[-1]] if len(stages) == 1
+                                 else '; '.join(problems.values()))
+    for i in stages:
+        if problems[i] is not None:
+            log(f'skipping stage {i}: {problems[i]}')
+    return fit
+
+
 def visualize_super_tokens(config, image, out_dir: str,
                            checkpoint: Optional[str] = None,
                            stage: Optional[int] = None,
@@ -141,36 +177,10 @@ def visualize_super_tokens(config, image, out_dir: str,
     ``out_dir`` and returns their paths.
     """
     model, picture = _prepare(config, image, checkpoint, device, model)
-    sizes = model.stoken_sizes
-    with_st = [i for i, s in enumerate(sizes) if s[0] > 1 or s[1] > 1]
-    desc = ', '.join(f'{i} ({sizes[i][0]}x{sizes[i][1]})' for i in with_st)
-    if stage is not None:
-        stage = _check_stage(stage, model)
-        if stage not in with_st:
-            raise VisualizationError(
-                f'stage {stage} has super token size 1x1 (plain attention, '
-                f'no super tokens to draw); stages with super tokens: '
-                f'{desc or "none"}')
-        stages = [stage]
-    else:
-        if not with_st:
-            raise VisualizationError(
-                f'no stage of the STViT in {model.config_name} has super '
-                f'tokens (stoken_size {[s[0] for s in sizes]})')
-        stages = with_st
+    stages = _stages_with_super_tokens(stage, model)
     blocks = {i: _check_block(block, i, model) for i in stages}
-
     H, W = picture.shape[:2]
-    net = _net_size(H, W, max_size)
-    problems = {i: _check_fits(i, model, net, net != (H, W)) for i in stages}
-    fit = [i for i in stages if problems[i] is None]
-    if not fit:
-        raise VisualizationError(problems[stages[-1]] if len(stages) == 1
-                                 else '; '.join(problems.values()))
-    for i in stages:
-        if problems[i] is not None:
-            log(f'skipping stage {i}: {problems[i]}')
-
+    fit = _fitting(stages, model, _net_size(H, W, max_size), (H, W), log)
     maps, net_size = super_token_maps(model, picture, fit, blocks, max_size)
     os.makedirs(out_dir, exist_ok=True)
     stem = _stem(image if not isinstance(image, np.ndarray) else 'image')
@@ -192,6 +202,65 @@ def default_points(H: int, W: int, n: int = 3) -> List[Tuple[int, int]]:
     """An n x n grid of (x, y) points at the centres of equal bins."""
     return [(int((c + 0.5) * W / n), int((r + 0.5) * H / n))
             for r in range(n) for c in range(n)]
+
+
+def _check_head(head, stage, heads):
+    """``'mean'`` or a head index in range, else a VisualizationError."""
+    if head == 'mean':
+        return head
+    try:
+        head = int(head)
+    except (TypeError, ValueError):
+        raise VisualizationError(
+            f"--head must be 'mean' or a head index, got {head!r}") from None
+    if not 0 <= head < heads:
+        raise VisualizationError(
+            f'--head {head} is out of range: stage {stage} has {heads} '
+            f'head{"s" if heads > 1 else ""} (0-{heads - 1})')
+    return head
+
+
+def _query_points(points, grid, H, W):
+    """``points`` checked to lie in the ``W`` x ``H`` image, or the default
+    ``grid`` x ``grid`` points."""
+    if points is None or len(points) == 0:
+        if grid < 1:
+            raise VisualizationError(f'--grid must be >= 1, got {grid}')
+        points = default_points(H, W, grid)
+    for px, py in points:
+        if not (0 <= px < W and 0 <= py < H):
+            raise VisualizationError(
+                f'point ({px}, {py}) is outside the {W}x{H} image (x in '
+                f'0..{W - 1}, y in 0..{H - 1})')
+    return points
+
+
+def _display_maps(maps, stride, net_size, image_size):
+    """For display: bilinear upsampling of the feature maps to pixel
+    centres, each map divided by its own maximum (0 stays 'no
+    attention')."""
+    fh, fw = maps.shape[-2:]
+    up = F.interpolate(maps[None], size=(fh * stride, fw * stride),
+                       mode='bilinear', align_corners=False)[0]
+    up = up[:, :net_size[0], :net_size[1]]
+    if tuple(net_size) != tuple(image_size):
+        up = F.interpolate(up[None], size=image_size, mode='bilinear',
+                           align_corners=False)[0]
+    return up / up.flatten(1).max(1).values.clamp_min(1e-30).view(-1, 1, 1)
+
+
+def _save_attention(picture, up, points, out_dir, prefix, ncols, title):
+    """One picture per point and a montage of them: their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths, tiles, labels = [], [], []
+    for n, (pt, heat) in enumerate(zip(points, up.numpy())):
+        pic = render_heatmap(picture, heat, pt)
+        paths.append(save_png(pic, osp.join(out_dir, f'{prefix}_p{n}.png')))
+        tiles.append(pic)
+        labels.append(f'({int(pt[0])}, {int(pt[1])})')
+    paths.append(save_png(montage(tiles, labels, ncols, title),
+                          osp.join(out_dir, f'{prefix}_grid.png')))
+    return paths
 
 
 def visualize_attention(config, image, out_dir: str,
@@ -217,34 +286,14 @@ def visualize_attention(config, image, out_dir: str,
     stage = _check_stage(stage, model)
     block = _check_block(block, stage, model)
     attn = model.backbone.layers[stage].blocks[block].attn
-    heads = attn.stoken_refine.num_heads
-    if head != 'mean':
-        try:
-            head = int(head)
-        except (TypeError, ValueError):
-            raise VisualizationError(
-                f"--head must be 'mean' or a head index, got {head!r}"
-            ) from None
-        if not 0 <= head < heads:
-            raise VisualizationError(
-                f'--head {head} is out of range: stage {stage} has {heads} '
-                f'head{"s" if heads > 1 else ""} (0-{heads - 1})')
+    head = _check_head(head, stage, attn.stoken_refine.num_heads)
     H, W = picture.shape[:2]
     net = _net_size(H, W, max_size)
     problem = _check_fits(stage, model, net, net != (H, W))
     if problem:
         raise VisualizationError(problem)
     default_grid = points is None or len(points) == 0
-    if default_grid:
-        if grid < 1:
-            raise VisualizationError(f'--grid must be >= 1, got {grid}')
-        points = default_points(H, W, grid)
-    for px, py in points:
-        if not (0 <= px < W and 0 <= py < H):
-            raise VisualizationError(
-                f'point ({px}, {py}) is outside the {W}x{H} image (x in '
-                f'0..{W - 1}, y in 0..{H - 1})')
-
+    points = _query_points(points, grid, H, W)
     x, net_size = preprocess(picture, model, max_size)
     feat = capture_attention_inputs(model.backbone, x,
                                     [(stage, block)])[(stage, block)]
@@ -256,35 +305,16 @@ def visualize_attention(config, image, out_dir: str,
     with torch.no_grad():
         res = pixel_attention(attn, feat, torch.tensor(queries), head)
     maps = res['maps'].cpu()
-
-    # display: bilinear upsampling of the feature map to pixel centres,
-    # each map divided by its own maximum (0 stays 'no attention')
-    up = F.interpolate(maps[None], size=(fh * stride, fw * stride),
-                       mode='bilinear', align_corners=False)[0]
-    up = up[:, :net_size[0], :net_size[1]]
-    if tuple(net_size) != (H, W):
-        up = F.interpolate(up[None], size=(H, W), mode='bilinear',
-                           align_corners=False)[0]
-    up = up / up.flatten(1).max(1).values.clamp_min(1e-30).view(-1, 1, 1)
-
-    os.makedirs(out_dir, exist_ok=True)
+    up = _display_maps(maps, stride, net_size, (H, W))
     stem = _stem(image if not isinstance(image, np.ndarray) else 'image')
-    paths, tiles, labels = [], [], []
-    for n, (pt, heat) in enumerate(zip(points, up.numpy())):
-        pic = render_heatmap(picture, heat, pt)
-        paths.append(save_png(
-            pic, osp.join(out_dir, f'{stem}_attn_stage{stage}_p{n}.png')))
-        tiles.append(pic)
-        labels.append(f'({int(pt[0])}, {int(pt[1])})')
-    # default grid: the tiles sit where their points are
-    ncols = grid if default_grid else math.ceil(math.sqrt(len(points)))
     title = (f'{stem}: attention of stage {stage}, block {block}, '
              f'head {head} (super token size {attn.stoken_size[0]}x'
              f'{attn.stoken_size[1]}); each map divided by its maximum; '
              f'captions: query point (x,y)')
-    paths.append(save_png(
-        montage(tiles, labels, ncols, title),
-        osp.join(out_dir, f'{stem}_attn_stage{stage}_grid.png')))
+    # default grid: the tiles sit where their points are
+    ncols = grid if default_grid else math.ceil(math.sqrt(len(points)))
+    paths = _save_attention(picture, up, points, out_dir,
+                            f'{stem}_attn_stage{stage}', ncols, title)
     if return_maps:
         return paths, dict(maps=maps, mass=res['mass'].cpu(),
                            queries=queries, points=list(points))

@@ -99,6 +99,76 @@ def _progress(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _images(rng, num_images):
+    """Image ids, sizes and the JSON of the image records."""
+    img_ids = rng.choice(600_000, size=num_images, replace=False) + 1
+    sizes = rng.choice([(480, 640), (640, 480), (427, 640), (640, 427),
+                        (375, 500), (500, 375)], size=num_images)
+    parts = []
+    for k, (img_id, (h, w)) in enumerate(zip(img_ids, sizes)):
+        name = f'{img_id:012d}.jpg'
+        parts.append(
+            f'{{"license":1,"file_name":"{name}","coco_url":'
+            f'"http://images.cocodataset.org/train2017/{name}",'
+            f'"height":{h},"width":{w},"date_captured":'
+            f'"2013-11-{k % 28 + 1:02d} 1{k % 10}:2{k % 10}:3{k % 10}",'
+            f'"flickr_url":"http://farm{k % 9 + 1}.staticflickr.com/'
+            f'{k % 9000 + 1000}/{img_id}0{k}_{k % 997:x}b2e9f_z.jpg",'
+            f'"id":{img_id}}}')
+    return img_ids, sizes, ','.join(parts)
+
+
+def _annotation(rng, h, w, crowd, mean_points):
+    """The bbox, segmentation and area of one annotation, as JSON."""
+    bw, bh = rng.uniform(4, w / 2), rng.uniform(4, h / 2)
+    x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    box = f'[{x0:.2f},{y0:.2f},{bw:.2f},{bh:.2f}]'
+    if crowd:
+        counts = rng.integers(1, 400, size=rng.integers(50, 400))
+        seg = ('{"counts":[' + ','.join(map(str, counts)) +
+               f'],"size":[{h},{w}]}}')
+    else:
+        polys = []
+        for _ in range(1 + (rng.random() < 0.15) + (rng.random() < 0.05)):
+            m = max(3, int(rng.poisson(mean_points)))
+            xy = rng.uniform(0, 1, size=(m, 2)) * (bw, bh) + (x0, y0)
+            polys.append('[' + ','.join(
+                f'{v:.2f}' for v in xy.ravel().tolist()) + ']')
+        seg = '[' + ','.join(polys) + ']'
+    return box, seg, f'{bw * bh * 0.6:.2f}'
+
+
+def _annotations(f, rng, img_ids, sizes, num_annotations, crowd,
+                 mean_points):
+    """Writes the annotation records in chunks, with progress."""
+    t0 = time.perf_counter()
+    chunk, written, next_report = 20_000, 0, 0.25
+    while written < num_annotations:
+        n = min(chunk, num_annotations - written)
+        which = rng.integers(0, len(img_ids), size=n)
+        cats = rng.choice(COCO_CATEGORY_IDS, size=n)
+        is_crowd = rng.random(n) < crowd
+        parts = []
+        for j in range(n):
+            box, seg, area = _annotation(rng, *sizes[which[j]], is_crowd[j],
+                                         mean_points)
+            parts.append(
+                f'{{"segmentation":{seg},"area":{area},'
+                f'"iscrowd":{int(is_crowd[j])},"image_id":'
+                f'{img_ids[which[j]]},"bbox":{box},"category_id":'
+                f'{cats[j]},"id":{written + j + 1}}}')
+        if written:
+            f.write(',')
+        f.write(','.join(parts))
+        written += n
+        if written >= next_report * num_annotations or \
+                written == num_annotations:
+            _progress(f'  ... {written:,} of {num_annotations:,} '
+                      f'annotations written '
+                      f'({time.perf_counter() - t0:.0f} s)')
+            next_report += 0.25
+
+
 def write_coco(path, num_images, num_annotations, mean_points=11,
                crowd=0.01, seed=0):
     """Writes a COCO instances file shaped like train2017's: its key order
@@ -108,72 +178,17 @@ def write_coco(path, num_images, num_annotations, mean_points=11,
     uncompressed RLE, and the 80 categories with their sparse ids."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
     with open(path, 'w') as f:
         f.write('{"info":{"description":"mmstvit benchmark, COCO-shaped",'
                 '"version":"1.0","year":2017},"licenses":[{"url":"http://'
                 'creativecommons.org/licenses/by-nc-sa/2.0/","id":1,"name":'
                 '"Attribution-NonCommercial-ShareAlike License"}],"images":[')
-        img_ids = rng.choice(600_000, size=num_images, replace=False) + 1
-        sizes = rng.choice([(480, 640), (640, 480), (427, 640), (640, 427),
-                            (375, 500), (500, 375)], size=num_images)
-        parts = []
-        for k, (img_id, (h, w)) in enumerate(zip(img_ids, sizes)):
-            name = f'{img_id:012d}.jpg'
-            parts.append(
-                f'{{"license":1,"file_name":"{name}","coco_url":'
-                f'"http://images.cocodataset.org/train2017/{name}",'
-                f'"height":{h},"width":{w},"date_captured":'
-                f'"2013-11-{k % 28 + 1:02d} 1{k % 10}:2{k % 10}:3{k % 10}",'
-                f'"flickr_url":"http://farm{k % 9 + 1}.staticflickr.com/'
-                f'{k % 9000 + 1000}/{img_id}0{k}_{k % 997:x}b2e9f_z.jpg",'
-                f'"id":{img_id}}}')
-        f.write(','.join(parts))
-        del parts
+        img_ids, sizes, images = _images(rng, num_images)
+        f.write(images)
+        del images
         f.write('],"annotations":[')
-        chunk = 20_000
-        written = 0
-        next_report = 0.25
-        while written < num_annotations:
-            n = min(chunk, num_annotations - written)
-            which = rng.integers(0, num_images, size=n)
-            cats = rng.choice(COCO_CATEGORY_IDS, size=n)
-            is_crowd = rng.random(n) < crowd
-            parts = []
-            for j in range(n):
-                h, w = sizes[which[j]]
-                bw, bh = rng.uniform(4, w / 2), rng.uniform(4, h / 2)
-                x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-                box = f'[{x0:.2f},{y0:.2f},{bw:.2f},{bh:.2f}]'
-                if is_crowd[j]:
-                    counts = rng.integers(1, 400, size=rng.integers(50, 400))
-                    seg = ('{"counts":[' + ','.join(map(str, counts)) +
-                           f'],"size":[{h},{w}]}}')
-                else:
-                    polys = []
-                    for _ in range(1 + (rng.random() < 0.15) +
-                                   (rng.random() < 0.05)):
-                        m = max(3, int(rng.poisson(mean_points)))
-                        xy = rng.uniform(0, 1, size=(m, 2)) * (bw, bh) + \
-                            (x0, y0)
-                        polys.append('[' + ','.join(
-                            f'{v:.2f}' for v in xy.ravel().tolist()) + ']')
-                    seg = '[' + ','.join(polys) + ']'
-                parts.append(
-                    f'{{"segmentation":{seg},"area":{bw * bh * 0.6:.2f},'
-                    f'"iscrowd":{int(is_crowd[j])},"image_id":'
-                    f'{img_ids[which[j]]},"bbox":{box},"category_id":'
-                    f'{cats[j]},"id":{written + j + 1}}}')
-            if written:
-                f.write(',')
-            f.write(','.join(parts))
-            written += n
-            if written >= next_report * num_annotations or \
-                    written == num_annotations:
-                _progress(f'  ... {written:,} of {num_annotations:,} '
-                          f'annotations written '
-                          f'({time.perf_counter() - t0:.0f} s)')
-                next_report += 0.25
+        _annotations(f, rng, img_ids, sizes, num_annotations, crowd,
+                     mean_points)
         f.write('],"categories":[' + ','.join(
             f'{{"supercategory":"thing","id":{c},"name":"class_{c}"}}'
             for c in COCO_CATEGORY_IDS) + ']}')
@@ -185,30 +200,13 @@ def write_coco(path, num_images, num_annotations, mean_points=11,
 # ---------------------------------------------------------------------------
 
 
-def _status_kib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'no {field} in /proc/self/status')
-
-
-def _restart_peak():
-    """Restarts VmHWM from the current RSS (Linux); False where refused."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
 def child(method, path):
     """Runs one method on ``path`` and prints its numbers as JSON."""
     import resource
 
     from pycocotools.coco import COCO
 
+    from mmstvit.analysis.memory import peak_rss_kib, reset_peak_rss, rss_kib
     from mmstvit.data.checks import check_coco_annotation
 
     def run():
@@ -220,12 +218,16 @@ def child(method, path):
         return dict(images=info['num_images'],
                     annotations=info['num_annotations'])
 
-    before = _status_kib('VmRSS')
-    restarted = _restart_peak()
+    before = rss_kib()
+    try:
+        reset_peak_rss()  # VmHWM restarts from the current RSS (Linux)
+        restarted = True
+    except OSError:
+        restarted = False
     t0 = time.perf_counter()
     counts = run()
     seconds = time.perf_counter() - t0
-    peak = _status_kib('VmHWM') if restarted else \
+    peak = peak_rss_kib() if restarted else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps(dict(seconds=seconds, before_kib=before, peak_kib=peak,
                           **counts)))

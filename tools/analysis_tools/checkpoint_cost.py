@@ -79,11 +79,50 @@ def resume_state():
                 ranks=[mine])
 
 
+def save_rounds(ways, rounds, out):
+    """Saves with each way of ``ways`` (name, save(path)) in interleaved
+    rounds (the order alternating): name -> seconds per round, name ->
+    file size."""
+    from mmstvit.cli.quiet import mm_log_level
+    times = {name: [] for name, _ in ways}
+    sizes = {}
+    for r in range(rounds):
+        for name, fn in (ways if r % 2 == 0 else ways[::-1]):
+            path = osp.join(out, f'{name.split()[0]}_{r}.pth')
+            with mm_log_level():  # FileClient's deprecation notes
+                t0 = time.perf_counter()
+                fn(path)
+                times[name].append(time.perf_counter() - t0)
+            sizes[name] = os.path.getsize(path)
+            os.remove(path)
+    return times, sizes
+
+
+def report(args, n_params, ways, times, sizes, state, capture_ms):
+    from mmstvit.engine import rng_state
+    print(f'{osp.relpath(args.config, ROOT)}: {n_params / 1e6:.2f}M '
+          'parameters, AdamW state; '
+          f'{args.rounds} interleaved rounds, median (min-max)')
+    print(f'{"":26s} {"file size":>16s} {"save time":>22s}')
+    for name, _ in ways:
+        t = times[name]
+        print(f'{name:26s} {sizes[name]:>12,d} B   '
+              f'{statistics.median(t):7.3f} s '
+              f'({min(t):.3f}-{max(t):.3f})')
+    added = sizes[ways[1][0]] - sizes[ways[0][0]]
+    one = len(pickle.dumps(rng_state.capture()))
+    worker = len(pickle.dumps(rng_state.capture(cuda=False)))
+    print(f'added by the resume state: {added:,d} B in the file '
+          f'({len(pickle.dumps(state)):,d} B pickled: {one:,d} B for the '
+          f'process, {worker:,d} B for each data worker); capturing the '
+          f'states takes {capture_ms:.2f} ms')
+
+
 def main():
     args = parse_args()
     from mmengine.runner.checkpoint import save_checkpoint
 
-    from mmstvit.cli.quiet import mm_log_level, quiet_third_party_warnings
+    from mmstvit.cli.quiet import quiet_third_party_warnings
     quiet_third_party_warnings()
 
     from mmstvit.engine import rng_state
@@ -113,35 +152,10 @@ def main():
 
     ways = [('mmengine CheckpointHook', plain),
             ('ResumableCheckpointHook', resumable)]
-    times = {name: [] for name, _ in ways}
-    sizes = {}
-    for r in range(args.rounds):
-        for name, fn in (ways if r % 2 == 0 else ways[::-1]):
-            path = osp.join(out, f'{name.split()[0]}_{r}.pth')
-            with mm_log_level():  # FileClient's deprecation notes
-                t0 = time.perf_counter()
-                fn(path)
-                times[name].append(time.perf_counter() - t0)
-            sizes[name] = os.path.getsize(path)
-            os.remove(path)
+    times, sizes = save_rounds(ways, args.rounds, out)
     if args.out is None:
         shutil.rmtree(out)
-    print(f'{osp.relpath(args.config, ROOT)}: {n_params / 1e6:.2f}M '
-          'parameters, AdamW state; '
-          f'{args.rounds} interleaved rounds, median (min-max)')
-    print(f'{"":26s} {"file size":>16s} {"save time":>22s}')
-    for name, _ in ways:
-        t = times[name]
-        print(f'{name:26s} {sizes[name]:>12,d} B   '
-              f'{statistics.median(t):7.3f} s '
-              f'({min(t):.3f}-{max(t):.3f})')
-    added = sizes[ways[1][0]] - sizes[ways[0][0]]
-    one = len(pickle.dumps(rng_state.capture()))
-    worker = len(pickle.dumps(rng_state.capture(cuda=False)))
-    print(f'added by the resume state: {added:,d} B in the file '
-          f'({len(pickle.dumps(state)):,d} B pickled: {one:,d} B for the '
-          f'process, {worker:,d} B for each data worker); capturing the '
-          f'states takes {capture_ms:.2f} ms')
+    report(args, n_params, ways, times, sizes, state, capture_ms)
 
 
 if __name__ == '__main__':

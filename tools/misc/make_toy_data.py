@@ -12,6 +12,7 @@ From an installed mmstvit, in any folder (``--out`` is relative to it)::
 The generator is loaded straight from its file, so this needs only numpy and
 Pillow (not torch or the OpenMMLab packages that ``import mmstvit`` pulls in).
 """
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -37,12 +38,19 @@ def find_generator() -> Path:
 
 
 def load_generator():
-    """Imports ``mmstvit/data/toy_data.py`` without its package."""
-    spec = importlib.util.spec_from_file_location('mmstvit_toy_data',
-                                                  find_generator())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Imports ``mmstvit/data/toy_data.py`` without mmstvit's own
+    ``__init__`` (torch): its folder ``mmstvit/data`` as a package of its
+    own, ``mmstvit_data``, so that the generator's modules import each
+    other."""
+    folder = find_generator().parent
+    if 'mmstvit_data' not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            'mmstvit_data', folder / '__init__.py',
+            submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules['mmstvit_data'] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module('mmstvit_data.toy_data')
 
 
 if __name__ == '__main__':
