@@ -27,7 +27,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmstvit  # noqa: E402,F401  (registers STViT, the safe loaders)
 from mmengine.config import ConfigDict  # noqa: E402
 
-from mmstvit.engine import checkpoint_hook, resume  # noqa: E402
+from mmstvit.engine import errors, guards, resume  # noqa: E402
 from mmstvit.utils import launch  # noqa: E402
 
 
@@ -107,8 +107,9 @@ def merge_args(cfg, args, task):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    # atomic checkpoints; every resume continues as the uninterrupted run
-    checkpoint_hook.use_in_config(cfg)
+    # atomic, finite checkpoints; resume bit for bit; a clean stop on
+    # SIGTERM/SIGUSR1/SIGINT; a non-finite loss stops the run
+    guards.use_in_config(cfg)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
         launch.trust_run_files(cfg)
@@ -145,12 +146,15 @@ def check_before_build(cfg):
 
 
 def main(argv=None):
-    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError` or a
-    :class:`~mmstvit.engine.resume.ResumeError` (a problem the user must
-    fix) ends it with its message, no traceback."""
+    """Runs the tool; a :class:`~mmstvit.tool_support.ToolError`, a
+    :class:`~mmstvit.engine.resume.ResumeError` or a
+    :class:`~mmstvit.engine.errors.TrainingError` (a problem the user must
+    fix) ends it with its message, no traceback; a signal ends it with
+    ``128 + signal`` after the checkpoint (``TrainingInterrupted``)."""
     try:
         return run(argv)
-    except (launch.ToolError, resume.ResumeError) as e:
+    except (launch.ToolError, resume.ResumeError,
+            errors.TrainingError) as e:
         raise SystemExit(str(e)) from None
 
 
