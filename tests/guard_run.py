@@ -54,12 +54,21 @@ class ToyNet(BaseModel):
 
 
 class ToyData(torch.utils.data.Dataset):
-    """Samples whose augmentation draws from all three generators."""
+    """Samples whose augmentation draws from all three generators; with
+    ``bad_fetch`` the sample fetched as number ``bad_fetch`` (1-based, in
+    this process) raises mmcv's error for an image that does not decode."""
+
+    def __init__(self, bad_fetch=0):
+        self.bad_fetch = bad_fetch
+        self.fetched = 0
 
     def __len__(self):
         return 8
 
     def __getitem__(self, i):
+        self.fetched += 1
+        if self.fetched == self.bad_fetch:
+            raise AssertionError(f'failed to load image: data/{i}.jpg')
         x = torch.full((4, ), float(i)) + torch.randn(4) * 0.1
         x = x * random.uniform(0.9, 1.1) + float(np.random.rand())
         return dict(inputs=x, targets=torch.tensor(float(i % 3)))
@@ -68,11 +77,15 @@ class ToyData(torch.utils.data.Dataset):
 class Faults(Hook):
     priority = 'VERY_HIGH'
 
-    def __init__(self, signal_at, signal_rank, rank):
+    def __init__(self, signal_at, signal_rank, rank, vanish_at):
         self.signal_at, self.signal_rank, self.rank = (signal_at, signal_rank,
                                                        rank)
+        self.vanish_at = vanish_at
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == self.vanish_at:
+            import shutil
+            shutil.rmtree(runner.work_dir)  # unmounted, deleted
         if runner.iter + 1 == self.signal_at and self.rank == \
                 self.signal_rank:
             os.kill(os.getpid(), signal.SIGTERM)  # mid-iteration
@@ -105,7 +118,8 @@ def config(args):
             batch_size=2, num_workers=args.workers,
             persistent_workers=args.workers > 0,
             sampler=dict(type=sampler, shuffle=True),
-            collate_fn=dict(type='default_collate'), dataset=ToyData()),
+            collate_fn=dict(type='default_collate'),
+            dataset=ToyData(args.bad_fetch)),
         train_cfg=train_cfg,
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=args.lr)),
         param_scheduler=[dict(type='LinearLR', start_factor=0.5,
@@ -130,6 +144,8 @@ def parse_args():
     p.add_argument('--signal-rank', type=int, default=0)
     p.add_argument('--nan-from', type=int, default=0)
     p.add_argument('--full-disk-at', default=None)
+    p.add_argument('--bad-fetch', type=int, default=0)
+    p.add_argument('--vanish-at', type=int, default=0)
     p.add_argument('--lr', type=float, default=0.01)
     p.add_argument('--interval', type=int, default=4)
     p.add_argument('--keep', type=int, default=2)
@@ -154,7 +170,8 @@ def build(args):
     guards.use_in_config(cfg_view := _Cfg(cfg))
     return Runner(model=model, work_dir=args.work_dir, resume=args.resume,
                   custom_hooks=cfg_view.get('custom_hooks') + [
-                      Faults(args.signal_at, args.signal_rank, args.rank)],
+                      Faults(args.signal_at, args.signal_rank, args.rank,
+                             args.vanish_at)],
                   **{k: v for k, v in cfg.items() if k != 'custom_hooks'})
 
 
@@ -175,8 +192,14 @@ def main():
         full_disk_at(args.full_disk_at)
     runner = build(args)
     try:
-        runner.train()
+        try:
+            runner.train()
+        except OSError as e:  # as tools/train.py
+            raise errors.explain_machine_error(e, runner) from e
     except errors.TrainingError as e:
+        cause = e.__cause__
+        if cause is not None:
+            print(f'CAUSE {type(cause).__name__}: {cause}', flush=True)
         sys.exit(str(e))
 
 

@@ -63,7 +63,7 @@ train_dataloader = dict(
     dataset=dict(data_root='DATA/', metainfo=metainfo,
                  ann_file='annotations/instances_train.json',
                  data_prefix=dict(img='train/'), pipeline=train_pipeline))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4,
+train_cfg = dict(_delete_=True, type=LOOP, max_iters=4,
                  val_interval=2)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False,
                         begin=0, end=4)]
@@ -201,7 +201,10 @@ def test_det_resume_is_bit_for_bit(det_case, workers):
                     'SEED', 'None' if workers else '0').replace(
                         # what a user names for the toolbox's own tools
                         'HOOK', repr('ResumableCheckpointHook'
-                                     if workers else 'CheckpointHook')))
+                                     if workers else 'CheckpointHook')).replace(
+                            'LOOP', repr('ResumableIterBasedTrainLoop'
+                                         if workers else
+                                         'IterBasedTrainLoop')))
     tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
                     'train.py') if workers else TRAIN
     full = root / f'det_full_w{workers}'

@@ -166,7 +166,10 @@ def run(argv=None):
     launch.setup_cpu_distributed(cfg, args.launcher)
 
     runner = launch.build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except OSError as e:  # a full disk, a vanished work dir: a message
+        raise errors.explain_machine_error(e, runner) from e
     del runner  # its DDP wrapper holds the process group (finish_distributed)
     launch.finish_distributed()
 

@@ -52,7 +52,7 @@ from mmstvit.engine.atomic_files import (BACKEND_NAME, atomic_write,
                                          final_name_of, remove_leftovers)
 from mmstvit.engine.divergence import nonfinite_tensors
 from mmstvit.engine.errors import (CheckpointWriteError, DivergenceError,
-                                   checkpoint_message)
+                                   MachineError)
 from mmstvit.engine.loops import STATE_FORMAT  # noqa: F401 (its home)
 from mmstvit.engine.resume import (DEFAULT_TEMPLATES, ResumeError,
                                    choose_resume_checkpoint, fit_problems,
@@ -353,11 +353,7 @@ class ResumableCheckpointHook(CheckpointHook):
         try:
             atomic_write(marker, str(path))
         except OSError as e:
-            raise CheckpointWriteError(
-                checkpoint_message(
-                    marker, f'{e.strerror or e}', 'free space on that disk '
-                    'or make it writable', path), marker, e.errno, None,
-                path) from e
+            raise MachineError.from_os_error(marker, e, None, path) from e
 
     def _remove_old(self, runner, retired: Optional[int], interims: list,
                     path: str) -> None:

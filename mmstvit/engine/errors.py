@@ -11,7 +11,9 @@ toolboxes' own ``tools/train.py`` show it at the end of one.
 * :class:`DivergenceError` (a ``FloatingPointError``, as detectron2's): the
   loss or the weights became non-finite.
 * :class:`CheckpointWriteError` (an ``OSError``): a checkpoint could not be
-  written (disk full, read-only or vanished folder).
+  written (disk full, read-only or vanished folder); its base
+  :class:`MachineError` for the run's other files (logs), from
+  :func:`explain_machine_error`.
 * :class:`TrainingDataError`: fetching the next batch raised; the original
   exception is its ``__cause__``.
 """
@@ -106,10 +108,13 @@ def size_text(n: Optional[int]) -> str:
     return f'{n} bytes'
 
 
-class CheckpointWriteError(TrainingError, OSError):
-    """A checkpoint could not be written. ``errno``, ``filename`` as in
-    ``OSError``; ``size``: bytes the checkpoint needs (None if unknown);
-    ``kept``: the last good checkpoint, left in place (None if none)."""
+class MachineError(TrainingError, OSError):
+    """A file of the run could not be written (disk full, read-only or
+    vanished folder). ``errno``, ``filename`` as in ``OSError``; ``size``:
+    bytes it needed (None if unknown); ``kept``: the last good checkpoint,
+    left in place (None if none)."""
+
+    what = 'the file'
 
     def __init__(self, message: str, path: str, err: Optional[int],
                  size: Optional[int], kept: Optional[str]):
@@ -124,35 +129,66 @@ class CheckpointWriteError(TrainingError, OSError):
 
     @classmethod
     def from_os_error(cls, path: str, e: OSError, size: Optional[int],
-                      kept: Optional[str]) -> 'CheckpointWriteError':
-        folder = osp.dirname(path)
-        if e.errno == errnos.ENOSPC or e.errno == errnos.EDQUOT:
-            free = free_bytes(folder)
-            cause = (f'the disk is full ({e.strerror}): the checkpoint needs '
-                     f'{size_text(size)}, {size_text(free)} are free')
-            todo = (f'free at least {size_text(size)} on that disk (older '
-                    'runs, caches) or train with --work-dir on a disk with '
-                    'room')
-        elif e.errno in (errnos.EROFS, errnos.EACCES, errnos.EPERM):
-            cause = f'the folder cannot be written ({e.strerror})'
-            todo = ('make it writable or train with --work-dir on a writable '
-                    'disk')
-        elif e.errno == errnos.ENOENT or not osp.isdir(folder):
-            cause = ('its folder no longer exists (deleted, or its file '
-                     'system unmounted)')
-            todo = ('bring the folder back (mount it again) or train with '
-                    '--work-dir on another disk')
-        else:
-            cause = f'{type(e).__name__}: {e.strerror or e}'
-            todo = 'fix the file system or train with --work-dir elsewhere'
-        return cls(checkpoint_message(path, cause, todo, kept), path,
-                   e.errno, size, kept)
+                      kept: Optional[str]):
+        cause, todo = _cause_and_remedy(path, e, size)
+        return cls(checkpoint_message(f'{cls.what} {path}', cause, todo,
+                                      kept), path, e.errno, size, kept)
+
+
+class CheckpointWriteError(MachineError):
+    """A checkpoint could not be written (see :class:`MachineError`)."""
+
+    what = 'the checkpoint'
+
+
+#: the errors of the machine (not of the run's code or data)
+MACHINE_ERRNOS = (errnos.ENOSPC, errnos.EDQUOT, errnos.EROFS, errnos.EACCES,
+                  errnos.EPERM, errnos.ENOENT, errnos.EIO, errnos.ESTALE)
+
+
+def explain_machine_error(e: BaseException, runner) -> BaseException:
+    """The :class:`MachineError` for an ``OSError`` of the machine that
+    ended ``runner.train()`` (a log or visualisation file that cannot be
+    written ...), naming the last good checkpoint; other errors as they
+    are. ``tools/train.py`` raises it from ``e``."""
+    if isinstance(e, TrainingError) or not isinstance(e, OSError) or \
+            e.errno not in MACHINE_ERRNOS:
+        return e
+    kept = runner.message_hub.get_info('last_ckpt', None)
+    path = e.filename or runner.work_dir
+    return MachineError.from_os_error(str(path), e, None, kept)
+
+
+def _cause_and_remedy(path: str, e: OSError, size: Optional[int]):
+    folder = osp.dirname(path)
+    if e.errno == errnos.ENOSPC or e.errno == errnos.EDQUOT:
+        free = free_bytes(folder)
+        need = f'needs {size_text(size)}, ' if size is not None else ''
+        return (f'the disk is full ({e.strerror}): it {need}'
+                f'{size_text(free)} are free',
+                f'free {"at least " + size_text(size) if size else "space"} '
+                'on that disk (older runs, caches) or train with --work-dir '
+                'on a disk with room')
+    if e.errno in (errnos.EROFS, errnos.EACCES, errnos.EPERM):
+        return (f'the folder cannot be written ({e.strerror})',
+                'make it writable or train with --work-dir on a writable '
+                'disk')
+    if e.errno == errnos.ENOENT or not osp.isdir(folder):
+        return ('its folder no longer exists (deleted, or its file system '
+                'unmounted)', 'bring the folder back (mount it again) or '
+                'train with --work-dir on another disk')
+    return (f'{type(e).__name__}: {e.strerror or e}',
+            'fix the file system or train with --work-dir elsewhere')
 
 
 def checkpoint_message(path: str, cause: str, todo: str,
                        kept: Optional[str]) -> str:
-    kept_text = (f'The last good checkpoint, {kept}, is kept: once fixed, '
-                 'the same command with --resume goes on from it.'
-                 if kept else 'No earlier checkpoint of this run exists.')
-    return (f'mmstvit: cannot write the checkpoint {path}: {cause}. '
+    if kept and '://' not in kept and not osp.exists(kept):
+        kept_text = f'The last checkpoint, {kept}, is gone with its folder.'
+    elif kept:
+        kept_text = (f'The last good checkpoint, {kept}, is kept: once '
+                     'fixed, the same command with --resume goes on from it.')
+    else:
+        kept_text = 'No earlier checkpoint of this run exists.'
+    return (f'mmstvit: cannot write {path}: {cause}. '
             f'{kept_text} To go on: {todo}.')
