@@ -326,6 +326,50 @@ def test_killed_while_saving_leaves_no_torn_checkpoint(seg_runs, seg_case):
     assert_same_weights(full / 'iter_4.pth', work / 'iter_4.pth')
 
 
+SIGTERM_AT_3 = """
+import os
+import signal
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class SigtermAt3(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-iteration
+"""
+
+
+def test_sigterm_then_resume_through_the_tool(seg_runs, seg_case):
+    """SIGTERM during iteration 3 of tools/train.py: it finishes the
+    iteration, writes iter_3.pth, exits 143 saying so; --resume trains
+    iteration 4 only and ends as the uninterrupted run."""
+    root, _ = seg_case
+    cfg, full, _ = seg_runs[0]
+    (root / 'sigterm_at_3.py').write_text(SIGTERM_AT_3)
+    stopping = root / 'seg_sigterm.py'
+    stopping.write_text(
+        f'_base_ = {str(cfg)!r}\n'
+        "custom_imports = dict(imports=['mmstvit', 'sigterm_at_3'], "
+        'allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='SigtermAt3')]\n")
+    work = root / 'seg_sigterm'
+    proc = train(stopping, work, root)
+    assert proc.returncode == 143, out(proc)[-3000:]
+    assert 'Traceback' not in out(proc)
+    assert ('mmstvit: SIGTERM received: training stopped after iteration 3; '
+            f'the checkpoint of the 3 iterations done is {work}/iter_3.pth'
+            ) in out(proc)
+    proc = train(cfg, work, root, '--resume')
+    text = out(proc)
+    assert_ok(proc)
+    assert 'resumed epoch: 0, iter: 3' in text
+    assert 'Iter(train) [3/4]' not in text and 'Iter(train) [4/4]' in text
+    assert_same_weights(full / 'iter_4.pth', work / 'iter_4.pth')
+
+
 def test_resume_of_a_file_that_does_not_load(seg_runs, seg_case, train_tool,
                                              keep_local_rank):
     """Stopped before anything is built (in this process: the tool's
