@@ -121,7 +121,7 @@ class CheckNonFiniteLossHook(Hook):
         if not self.every_n_train_iters(runner, self.interval):
             return
         bad = nonfinite_terms(outputs)
-        if not _any_process(bool(bad)):
+        if not any_process(bool(bad)):
             self.in_a_row = 0
             return
         self.in_a_row += 1
@@ -150,7 +150,9 @@ class CheckNonFiniteLossHook(Hook):
                 'start again.')
 
 
-def _any_process(flag: bool) -> bool:
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (one all_reduce in a
+    distributed run)."""
     from mmengine.dist import all_reduce, get_world_size
     if get_world_size() == 1:
         return flag
