@@ -63,7 +63,7 @@ train_dataloader = dict(
     dataset=dict(data_root='DATA/', metainfo=metainfo,
                  ann_file='annotations/instances_train.json',
                  data_prefix=dict(img='train/'), pipeline=train_pipeline))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4,
+train_cfg = dict(_delete_=True, type=LOOP, max_iters=4,
                  val_interval=2)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False,
                         begin=0, end=4)]
@@ -201,7 +201,10 @@ def test_det_resume_is_bit_for_bit(det_case, workers):
                     'SEED', 'None' if workers else '0').replace(
                         # what a user names for the toolbox's own tools
                         'HOOK', repr('ResumableCheckpointHook'
-                                     if workers else 'CheckpointHook')))
+                                     if workers else 'CheckpointHook')).replace(
+                            'LOOP', repr('ResumableIterBasedTrainLoop'
+                                         if workers else
+                                         'IterBasedTrainLoop')))
     tool = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
                     'train.py') if workers else TRAIN
     full = root / f'det_full_w{workers}'
@@ -320,6 +323,50 @@ def test_killed_while_saving_leaves_no_torn_checkpoint(seg_runs, seg_case):
         'last_checkpoint names it)' in text, text[-3000:]
     assert not [n for n in os.listdir(work) if '.tmp-' in n]
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
+    assert_same_weights(full / 'iter_4.pth', work / 'iter_4.pth')
+
+
+SIGTERM_AT_3 = """
+import os
+import signal
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class SigtermAt3(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # mid-iteration
+"""
+
+
+def test_sigterm_then_resume_through_the_tool(seg_runs, seg_case):
+    """SIGTERM during iteration 3 of tools/train.py: it finishes the
+    iteration, writes iter_3.pth, exits 143 saying so; --resume trains
+    iteration 4 only and ends as the uninterrupted run."""
+    root, _ = seg_case
+    cfg, full, _ = seg_runs[0]
+    (root / 'sigterm_at_3.py').write_text(SIGTERM_AT_3)
+    stopping = root / 'seg_sigterm.py'
+    stopping.write_text(
+        f'_base_ = {str(cfg)!r}\n'
+        "custom_imports = dict(imports=['mmstvit', 'sigterm_at_3'], "
+        'allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='SigtermAt3')]\n")
+    work = root / 'seg_sigterm'
+    proc = train(stopping, work, root)
+    assert proc.returncode == 143, out(proc)[-3000:]
+    assert 'Traceback' not in out(proc)
+    assert ('mmstvit: SIGTERM received: training stopped after iteration 3; '
+            f'the checkpoint of the 3 iterations done is {work}/iter_3.pth'
+            ) in out(proc)
+    proc = train(cfg, work, root, '--resume')
+    text = out(proc)
+    assert_ok(proc)
+    assert 'resumed epoch: 0, iter: 3' in text
+    assert 'Iter(train) [3/4]' not in text and 'Iter(train) [4/4]' in text
     assert_same_weights(full / 'iter_4.pth', work / 'iter_4.pth')
 
 

@@ -198,6 +198,28 @@ def test_use_in_config():
     cfg = Config(dict(default_hooks=dict(checkpoint=dict(type='MyHook'))))
     assert not use_in_config(cfg)
 
+
+def test_guards_use_in_config():
+    """The loop (named or chosen by by_epoch), the hook and the divergence
+    check; other loops and a check already there are left alone."""
+    from mmstvit.engine import guards
+    cfg = Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2)))
+    assert guards.use_in_config(cfg) == dict(loop=True, checkpoint=True,
+                                             divergence=True)
+    assert cfg.train_cfg == dict(type='ResumableEpochBasedTrainLoop',
+                                 max_epochs=2)
+    assert cfg.custom_hooks == [dict(type='CheckNonFiniteLossHook')]
+    cfg = Config(dict(train_cfg=dict(type='IterBasedTrainLoop', max_iters=4),
+                      custom_hooks=[dict(type='CheckNonFiniteLossHook',
+                                         max_amp_skips=3)]))
+    assert guards.use_in_config(cfg) == dict(loop=True, checkpoint=True,
+                                             divergence=False)
+    assert cfg.train_cfg.type == 'ResumableIterBasedTrainLoop'
+    assert len(cfg.custom_hooks) == 1
+    cfg = Config(dict(train_cfg=dict(type='MyLoop', max_iters=4)))
+    assert not guards.use_resumable_loop(cfg) and \
+        cfg.train_cfg.type == 'MyLoop'
+
 @pytest.mark.parametrize('toolbox', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_every_toolbox_builds_the_hook(toolbox):
     """By its name in mmengine's root registry, as the toolboxes' own
@@ -237,15 +259,13 @@ def build_loader(workers=2, sampler='DefaultSampler', seed=7):
 def test_loader_seeds():
     loader = build_loader(workers=0, sampler='InfiniteSampler')
     assert loader_state.loader_seeds(loader) == dict(sampler=7, workers=7)
-    # a run resumed with another seed (randomness.seed=None) takes the
-    # checkpoint's, also for the infinite sampler's generator
+    # a run resumed with another seed (randomness.seed=None): the loop sees
+    # it and builds the loader again with the checkpoint's
     other = build_loader(workers=0, sampler='InfiniteSampler', seed=5)
-    assert loader_state.set_loader_seeds(other, dict(sampler=7, workers=7))
-    assert loader_state.loader_seeds(other) == dict(sampler=7, workers=7)
-    assert not loader_state.set_loader_seeds(other, dict(sampler=7,
-                                                         workers=7))
+    assert loader_state.loader_seeds(other) == dict(sampler=5, workers=5)
+    again = build_loader(workers=0, sampler='InfiniteSampler', seed=7)
     assert [b['x'][:, 0].tolist() for _, b in zip(range(5), loader)] == \
-        [b['x'][:, 0].tolist() for _, b in zip(range(5), other)]
+        [b['x'][:, 0].tolist() for _, b in zip(range(5), again)]
 
 
 def test_persistent_workers_continue_from_their_states():

@@ -32,7 +32,7 @@ from mmstvit.cli import (amp, dist, load_from, preflight,  # noqa: E402
                          pretrained, run_args, run_config)
 from mmstvit.cli.errors import ToolError, exit_with  # noqa: E402
 from mmstvit.data.errors import DataLoadError  # noqa: E402
-from mmstvit.engine import checkpoint_hook, resume  # noqa: E402
+from mmstvit.engine import errors, guards, resume  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -118,8 +118,9 @@ def merge_args(cfg, args, task):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    # atomic checkpoints; every resume continues as the uninterrupted run
-    checkpoint_hook.use_in_config(cfg)
+    # atomic, finite checkpoints; resume bit for bit; a clean stop on
+    # SIGTERM/SIGUSR1/SIGINT; a non-finite loss stops the run
+    guards.use_in_config(cfg)
 
     if args.unsafe_load or cfg.get('unsafe_load', False):
         load_from.trust_run_files(cfg)
@@ -170,15 +171,27 @@ def data_error_message(e: DataLoadError) -> str:
 
 def main(argv=None):
     """Runs the tool; a :class:`~mmstvit.cli.errors.ToolError`, a
-    :class:`~mmstvit.engine.resume.ResumeError` (a problem the user must
-    fix) or a :class:`~mmstvit.data.errors.DataLoadError` (a file that
-    failed during the run) ends it with one message, no traceback."""
+    :class:`~mmstvit.engine.resume.ResumeError` or a
+    :class:`~mmstvit.engine.errors.TrainingError` (a problem the user must
+    fix) ends it with one message, no traceback; a
+    :class:`~mmstvit.data.errors.DataLoadError` (a file that failed during
+    the run) names the file, its sample index and the checkpoint saved; a
+    signal ends it with ``128 + signal`` after the checkpoint
+    (``TrainingInterrupted``)."""
     try:
         return run(argv)
     except (ToolError, resume.ResumeError) as e:
         raise exit_with(e) from None
+    except errors.TrainingDataError as e:
+        cause = e.__cause__
+        if isinstance(cause, DataLoadError):
+            cause.saved_checkpoint = e.checkpoint
+            raise SystemExit(data_error_message(cause)) from None
+        raise SystemExit(str(e)) from None
     except DataLoadError as e:
         raise SystemExit(data_error_message(e)) from None
+    except errors.TrainingError as e:
+        raise SystemExit(str(e)) from None
 
 
 def run(argv=None):
@@ -189,7 +202,10 @@ def run(argv=None):
     dist.setup_cpu_distributed(cfg, args.launcher)
 
     runner = run_config.build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except OSError as e:  # a full disk, a vanished work dir: a message
+        raise errors.explain_machine_error(e, runner) from e
     del runner  # its DDP wrapper holds the process group (finish_distributed)
     dist.finish_distributed()
 

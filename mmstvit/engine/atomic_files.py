@@ -72,11 +72,24 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+class AtomicWriteError(OSError):
+    """The ``OSError`` of a failed :func:`atomic_write` (``errno``,
+    ``strerror``, ``filename`` as the cause's), with ``size``: the bytes it
+    had to write. The old file is left as it was, the temporary one
+    removed."""
+
+    size = None
+
+
 def atomic_write(path: Union[str, Path], data: Union[bytes, str],
                  encoding: str = 'utf-8') -> None:
     """Writes ``data`` to ``path`` so that ``path`` holds either its old
     content or all of ``data``: temporary file in the same folder, flush,
-    fsync, ``os.replace``, fsync of the folder."""
+    fsync, ``os.replace``, fsync of the folder.
+
+    Raises:
+        AtomicWriteError: the write failed (disk full, read-only ...).
+    """
     if isinstance(data, str):
         data = data.encode(encoding)
     path = str(path)
@@ -90,13 +103,17 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, str],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # an error (disk full ...) leaves nothing behind; a kill leaves the
         # temporary file, which remove_leftovers deletes
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, AtomicWriteError):
+            err = AtomicWriteError(e.errno, e.strerror or str(e), path)
+            err.size = len(data)
+            raise err from e
         raise
     fsync_dir(folder)
 

@@ -1,12 +1,14 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
-"""``ResumableCheckpointHook``: mmengine's ``CheckpointHook`` with
-checkpoints a crash cannot tear and a resume that continues bit for bit.
+"""``ResumableCheckpointHook``: mmengine's ``CheckpointHook`` whose
+checkpoints a crash cannot tear, a full disk cannot lose and a diverged
+run cannot spoil, and that carries the resume state of mmstvit's loops.
 
 Turn it on in any mmdet, mmseg or mmpretrain config (``tools/train.py`` of
-this repo does it by itself)::
+this repo does it by itself, :func:`use_in_config`)::
 
     custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
     default_hooks = dict(checkpoint=dict(type='ResumableCheckpointHook'))
+    train_cfg = dict(type='ResumableIterBasedTrainLoop', ...)  # or Epoch...
 
 It takes every argument of ``CheckpointHook`` (``interval``, ``by_epoch``,
 ``max_keep_ckpts``, ``save_best`` ...) and adds:
@@ -16,38 +18,48 @@ It takes every argument of ``CheckpointHook`` (``interval``, ``by_epoch``,
   the checkpoint that ``max_keep_ckpts`` retires is deleted after the new
   one is complete (mmengine deletes it first). Leftover temporary files are
   deleted at the next start.
+* **Finite checkpoints only** (``check_finite=True``): a model with a
+  ``nan`` or ``inf`` is never written nor named by ``last_checkpoint``
+  (:class:`~mmstvit.engine.errors.DivergenceError`), so rotation never
+  deletes the last finite checkpoint.
+* **Machine errors as messages**: a full disk, a read-only or vanished
+  folder end the run with :class:`~mmstvit.engine.errors.CheckpointWriteError`
+  naming the file, the cause, the space needed and the checkpoint kept. A
+  folder that cannot be written stops the run before it trains.
 * **Choosing the checkpoint** of ``--resume`` (:mod:`mmstvit.engine.resume`):
   it says which file it resumes from, skips (and names) files that do not
   load, and stops with a message when the checkpoint does not fit the
   config.
-* **Exact resume** (``exact_resume=True``): each checkpoint holds every
-  process's random states (Python, numpy, torch CPU and CUDA), the loader's
-  seeds, the position in the epoch and the states of persistent data
-  workers (about 16 KB per process and per worker); a resumed run restores
-  them just before its first batch (:mod:`mmstvit.engine.loader_state`).
-  Validation runs on its own copy of the random states, so the training
-  stream does not depend on whether a validation ran before the next
-  iteration (it did in the interrupted run, it does not after the resume).
+* **Exact resume** (``exact_resume=True``) with the loops of
+  :mod:`mmstvit.engine.loops`: their state (random states, seeds, position
+  in the epoch, persistent workers) goes into each checkpoint under
+  ``exact_resume`` and back to the loop on resume.
+
+Saving goes through ``CheckpointHook``'s public parts only (its interval
+tests, ``keep_ckpt_ids``, ``file_backend``) and ``Runner.save_checkpoint``.
 """
-import functools
+import os
 import os.path as osp
+import tempfile
 from typing import Optional
 
 import torch
-from mmengine.dist import all_gather_object, get_rank, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from mmstvit.engine import loader_state, rng_state
 from mmstvit.engine.atomic_files import (BACKEND_NAME, atomic_write,
                                          final_name_of, remove_leftovers)
+from mmstvit.engine.divergence import nonfinite_tensors
+from mmstvit.engine.errors import (CheckpointWriteError, DivergenceError,
+                                   MachineError)
+from mmstvit.engine.loops import STATE_FORMAT  # noqa: F401 (its home)
 from mmstvit.engine.resume import (DEFAULT_TEMPLATES, ResumeError,
                                    choose_resume_checkpoint, fit_problems,
                                    misfit_message)
 
 #: the checkpoint entry that holds the resume state
 STATE_KEY = 'exact_resume'
-STATE_FORMAT = 1
 
 CUDA_NOTE = (
     'mmstvit: this run uses CUDA without deterministic kernels: atomic adds '
@@ -60,36 +72,48 @@ CUDA_NOTE = (
     'version then raise an error).')
 
 
+def log_cuda_note(logger) -> None:
+    """Says that CUDA without deterministic kernels is not bit for bit."""
+    if torch.cuda.is_available() and not (
+            torch.backends.cudnn.deterministic
+            and torch.are_deterministic_algorithms_enabled()):
+        logger.warning(CUDA_NOTE)
+
+
 def _is_local(path) -> bool:
     return '://' not in str(path)
 
 
+def _carries_state(loop) -> bool:
+    return hasattr(loop, 'resume_state') and hasattr(loop,
+                                                     'load_resume_state')
+
+
 @HOOKS.register_module(force=True)
 class ResumableCheckpointHook(CheckpointHook):
-    """``CheckpointHook`` whose checkpoints a crash cannot tear and whose
-    resume continues bit for bit (see the module docstring).
+    """``CheckpointHook`` with atomic, finite checkpoints, machine errors
+    as messages and exact resume (see the module docstring).
 
     Args:
-        exact_resume (bool): Save the random states and the data position
-            with each checkpoint and restore them on resume. Default True.
+        exact_resume (bool): Save the loop's resume state with each
+            checkpoint and give it back on resume. Default True.
+        check_finite (bool): Never write a checkpoint of a model with a
+            non-finite tensor. Default True.
         **kwargs: ``CheckpointHook``'s arguments.
     """
 
-    def __init__(self, *args, exact_resume: bool = True, **kwargs):
+    def __init__(self, *args, exact_resume: bool = True,
+                 check_finite: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.exact_resume = exact_resume
+        self.check_finite = check_finite
         # atomic writes where we pick the backend: the local file system
         self._atomic = self.backend_args is None and \
             self.file_client_args is None
         self._pending: Optional[dict] = None  # state of the save under way
-        self._train_rng: Optional[dict] = None  # while validation runs
-        self._in_epoch = 0  # batches of the current epoch trained
-        self._tracking_workers = False
-        self._worker_latest = {}  # worker id -> states after its last batch
-        self._worker_epoch_start = {}  # worker id -> states at epoch start
-        self._resumed: Optional[dict] = None
+        self._last_saved = (None, None)  # (meta iter, state) of the last save
         self._resume_path: Optional[str] = None
-        self._restore_at_epoch_start = None
+        self._saved_step: Optional[int] = None  # iterations of last_ckpt
 
     # -- which checkpoint ---------------------------------------------------
 
@@ -132,247 +156,230 @@ class ResumableCheckpointHook(CheckpointHook):
                     self._resume_path or str(runner._load_from), problems,
                     meta.get('cfg', None),
                     runner.cfg.pretty_text if runner.cfg else None))
+        self._saved_step = (checkpoint.get('meta', {}) or {}).get('iter')
         if not self.exact_resume:
             return
-        self._resumed = rng_state.on_cpu(checkpoint.get(STATE_KEY, None))
-        if self._resumed is None:
+        state = checkpoint.get(STATE_KEY, None)
+        loop = runner.train_loop
+        where = self._resume_path or 'the checkpoint'
+        if state is None:
             runner.logger.warning(
-                f'mmstvit: {self._resume_path or "the checkpoint"} holds no '
-                'random states (it was saved without ResumableCheckpointHook):'
-                ' the run goes on from its weights, optimizer and schedule, '
-                'but the batch order and random augmentations after the '
-                'resume are not those of an uninterrupted run.')
+                f'mmstvit: {where} holds no random states (it was saved '
+                'without ResumableCheckpointHook): the run goes on from its '
+                'weights, optimizer and schedule, but the batch order and '
+                'random augmentations after the resume are not those of an '
+                'uninterrupted run.')
+        elif not _carries_state(loop):
+            runner.logger.warning(
+                f'mmstvit: the train loop is a {type(loop).__name__}, which '
+                f'cannot take the resume state of {where}: the resumed run '
+                'does not continue bit for bit. Use '
+                "train_cfg=dict(type='ResumableIterBasedTrainLoop', ...) or "
+                "'ResumableEpochBasedTrainLoop'.")
+        if state is not None and _carries_state(loop):
+            loop.load_resume_state(state)
 
-    # -- atomic files -------------------------------------------------------
+    # -- atomic files, a folder that can be written -------------------------
 
     def before_train(self, runner) -> None:
         out = self.out_dir if self.out_dir is not None else runner.work_dir
         if self._atomic and _is_local(out):
             self.backend_args = dict(backend=BACKEND_NAME)
         super().before_train(runner)
-        if is_main_process():
-            folders = {runner.work_dir}
-            if _is_local(self.out_dir):
-                folders.add(str(self.out_dir))
-            for folder in sorted(folders):
-                for name in remove_leftovers(folder):
-                    runner.logger.warning(
-                        f'mmstvit: removed {osp.join(folder, name)}, the '
-                        f'unfinished write of {final_name_of(name)} by a run '
-                        'that was killed while saving it')
-        if self.exact_resume:
-            self._prepare_loader(runner)
-
-    def _save_checkpoint_with_step(self, runner, step, meta):
-        """mmengine's, with the resume state gathered from every process,
-        ``last_checkpoint`` written atomically, and the checkpoint that
-        ``max_keep_ckpts`` retires deleted after the new one is complete."""
-        retired = None
-        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and
-                                            self.keep_ckpt_ids[-1] == step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                retired = self.keep_ckpt_ids.popleft()
-            self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids',
-                                           list(self.keep_ckpt_ids))
-        ckpt_filename = self.filename_tmpl.format(step)
-        self.last_ckpt = self.file_backend.join_path(self.out_dir,
-                                                     ckpt_filename)
-        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        # every process takes part (its states are gathered), rank 0 writes
-        self._pending = self._resume_state(runner) if self.exact_resume \
-            else None
-        try:
-            runner.save_checkpoint(
-                self.out_dir,
-                ckpt_filename,
-                self.file_client_args,
-                save_optimizer=self.save_optimizer,
-                save_param_scheduler=self.save_param_scheduler,
-                meta=meta,
-                by_epoch=self.by_epoch,
-                backend_args=self.backend_args,
-                **self.args)
-        finally:
-            self._pending = None
-        if not is_main_process():
+        if self.exact_resume and not _carries_state(runner.train_loop):
+            runner.logger.warning(
+                f'mmstvit: the train loop is a '
+                f'{type(runner.train_loop).__name__}: checkpoints hold no '
+                'resume state, and a resume will not continue bit for bit '
+                "(train_cfg=dict(type='ResumableIterBasedTrainLoop' or "
+                "'ResumableEpochBasedTrainLoop', ...) does).")
+        if not is_main_process() or not _is_local(self.out_dir):
             return
-        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'),
-                     str(self.last_ckpt))
-        if retired is not None and retired != step:
-            path = self.file_backend.join_path(
-                self.out_dir, self.filename_tmpl.format(retired))
-            if self.file_backend.isfile(path):
-                self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):
-                self.file_backend.rmtree(path)  # deepspeed's folders
+        self._check_folder(str(self.out_dir))
+        folders = {runner.work_dir, str(self.out_dir)}
+        for folder in sorted(folders):
+            for name in remove_leftovers(folder):
+                runner.logger.warning(
+                    f'mmstvit: removed {osp.join(folder, name)}, the '
+                    f'unfinished write of {final_name_of(name)} by a run '
+                    'that was killed while saving it')
 
-    def before_save_checkpoint(self, runner, checkpoint) -> None:
-        if self._pending is not None:
-            checkpoint[STATE_KEY] = self._pending
+    def _check_folder(self, folder: str) -> None:
+        """Stops before training when checkpoints cannot be written."""
+        probe = osp.join(folder, self.filename_tmpl.format(0))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise CheckpointWriteError.from_os_error(
+                probe, e, None, None) from e
 
-    # -- the state a resume needs -------------------------------------------
+    # -- saving -------------------------------------------------------------
 
-    def _resume_state(self, runner) -> dict:
-        from mmengine.runner import EpochBasedTrainLoop
-        loop = runner.train_loop
-        loader = getattr(loop, 'dataloader', None)
-        mine = dict(
-            rng=self._train_rng if self._train_rng is not None else
-            rng_state.capture(),
-            seeds=loader_state.loader_seeds(loader),
-            num_workers=int(getattr(loader, 'num_workers', 0)),
-            workers=dict(self._worker_epoch_start)
-            if self._tracking_workers else {})
-        ranks = all_gather_object(mine)
-        return dict(
-            format=STATE_FORMAT,
-            world_size=len(ranks),
-            loop=type(loop).__name__,
-            epoch_batches_done=self._in_epoch
-            if isinstance(loop, EpochBasedTrainLoop) else 0,
-            ranks=ranks)
-
-    def _note_worker_state(self, data_batch) -> None:
-        worker_rng = getattr(data_batch, 'worker_rng', None)
-        if worker_rng is not None:
-            self._worker_latest[worker_rng[0]] = worker_rng[1]
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
-        if self._tracking_workers:
-            self._note_worker_state(data_batch)
-
-    def after_train_iter(self,
-                         runner,
-                         batch_idx,
-                         data_batch=None,
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
-        self._in_epoch = batch_idx + 1
-        super().after_train_iter(runner, batch_idx, data_batch, outputs)
-
-    def before_train_epoch(self, runner) -> None:
-        restore, self._restore_at_epoch_start = \
-            self._restore_at_epoch_start, None
-        if restore is not None:
-            restore()
+        if self.by_epoch:
+            return
+        if self.every_n_train_iters(runner, self.interval,
+                                    self.save_begin) or (
+                self.save_last and self.is_last_train_iter(runner)):
+            runner.logger.info(
+                f'Saving checkpoint at {runner.iter + 1} iterations')
+            self.save(runner, runner.iter + 1,
+                      dict(epoch=runner.epoch, iter=runner.iter + 1))
 
     def after_train_epoch(self, runner) -> None:
-        self._in_epoch = 0
-        self._worker_epoch_start = dict(self._worker_latest)
-        super().after_train_epoch(runner)
+        if not self.by_epoch:
+            return
+        if self.every_n_epochs(runner, self.interval, self.save_begin) or (
+                self.save_last and self.is_last_train_epoch(runner)):
+            runner.logger.info(
+                f'Saving checkpoint at {runner.epoch + 1} epochs')
+            self.save(runner, runner.epoch + 1,
+                      dict(epoch=runner.epoch + 1, iter=runner.iter))
 
-    # validation on its own copy of the random states
-    def before_val(self, runner) -> None:
-        if self.exact_resume:
-            self._train_rng = rng_state.capture()
+    def save_interim(self, runner) -> Optional[str]:
+        """The checkpoint of the iterations done, now (a signal or a data
+        error stops the run; every process calls it). Named
+        ``iter_{iterations}.pth`` and not rotated in epoch-based runs (the
+        next checkpoint of the schedule removes it). Returns its path, the
+        one of this iteration if there is one already, or None when nothing
+        was trained."""
+        if runner.iter == 0:
+            return None
+        done = self.last_ckpt or runner.message_hub.get_info('last_ckpt')
+        if self._saved_step == runner.iter and done:
+            return done
+        runner.logger.info(
+            f'Saving checkpoint at {runner.iter} iterations')
+        return self.save(runner, runner.iter,
+                         dict(epoch=runner.epoch, iter=runner.iter),
+                         interim=self.by_epoch)
 
-    def after_val(self, runner) -> None:
-        state, self._train_rng = self._train_rng, None
+    def save(self, runner, step: int, meta: dict,
+             interim: bool = False) -> str:
+        """Writes the checkpoint ``step`` (every process calls it; the
+        first writes): the model checked finite, the loop's state gathered,
+        the file and ``last_checkpoint`` atomic, the retired checkpoint
+        deleted after. Returns its path.
+
+        Raises:
+            DivergenceError: the model holds non-finite values (nothing
+                written).
+            CheckpointWriteError: the file could not be written (the last
+                good checkpoint is kept, no temporary file left).
+        """
+        template = 'iter_{}.pth' if interim else self.filename_tmpl
+        name = template.format(step)
+        path = self.file_backend.join_path(self.out_dir, name)
+        kept = self.last_ckpt or runner.message_hub.get_info('last_ckpt')
+        self._refuse_nonfinite(runner, path, kept)
+        retired = self._rotate(runner, step) if not interim else None
+        interims = list(runner.message_hub.get_info('interim_ckpts', []))
+        if interim:
+            runner.message_hub.update_info('interim_ckpts', interims + [name])
+        loop = runner.train_loop
+        self._pending = loop.resume_state() if (
+            self.exact_resume and _carries_state(loop)) else None
+        try:
+            self._write(runner, name, path, meta, kept)
+        finally:
+            state, self._pending = self._pending, None
+        self._last_saved = (meta.get('iter'), state)
+        self.last_ckpt, self._saved_step = path, meta.get('iter')
+        runner.message_hub.update_info('last_ckpt', path)
+        if is_main_process():
+            self._write_marker(runner, path)
+        if not interim:
+            self._remove_old(runner, retired, interims, path)
+        return path
+
+    def _refuse_nonfinite(self, runner, path: str, kept) -> None:
+        if not self.check_finite:
+            return
+        from mmengine.model import is_model_wrapper
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        bad = nonfinite_tensors(model)
+        if bad:
+            total = len(model.state_dict())
+            raise DivergenceError(
+                f'mmstvit: not writing {path}: {len(bad)} of {total} '
+                f'tensors of the model are not finite (e.g. '
+                f'{", ".join(bad[:3])}): training diverged by iteration '
+                f'{runner.iter + 1}. ' +
+                (f'The last good checkpoint, {kept}, is kept and named by '
+                 'last_checkpoint. ' if kept else '') +
+                'Lower the learning rate or clip the gradients '
+                '(optim_wrapper.clip_grad), then resume or start again.',
+                runner.iter + 1)
+
+    def _rotate(self, runner, step: int) -> Optional[int]:
+        """Books ``step`` in ``keep_ckpt_ids``; the step it retires (its
+        file is deleted once the new one is complete)."""
+        if self.max_keep_ckpts <= 0 or (self.keep_ckpt_ids and
+                                        self.keep_ckpt_ids[-1] == step):
+            return None
+        retired = None
+        if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+            retired = self.keep_ckpt_ids.popleft()
+        self.keep_ckpt_ids.append(step)
+        runner.message_hub.update_info('keep_ckpt_ids',
+                                       list(self.keep_ckpt_ids))
+        return retired
+
+    def _write(self, runner, name: str, path: str, meta: dict, kept) -> None:
+        local = _is_local(self.out_dir)
+        if is_main_process() and local and not osp.isdir(str(self.out_dir)):
+            raise CheckpointWriteError.from_os_error(
+                path, FileNotFoundError(2, 'No such file or directory'),
+                None, kept)
+        try:
+            runner.save_checkpoint(
+                self.out_dir, name, self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta, by_epoch=self.by_epoch,
+                backend_args=self.backend_args, **self.args)
+        except OSError as e:
+            if isinstance(e, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError.from_os_error(
+                path, e, getattr(e, 'size', None), kept) from e
+
+    def _write_marker(self, runner, path: str) -> None:
+        marker = osp.join(runner.work_dir, 'last_checkpoint')
+        try:
+            atomic_write(marker, str(path))
+        except OSError as e:
+            raise MachineError.from_os_error(marker, e, None, path) from e
+
+    def _remove_old(self, runner, retired: Optional[int], interims: list,
+                    path: str) -> None:
+        """Deletes the checkpoint ``max_keep_ckpts`` retires and the interim
+        ones (epoch-based runs), now that ``path`` is complete."""
+        runner.message_hub.update_info('interim_ckpts', [])
+        if not is_main_process():
+            return
+        names = [self.filename_tmpl.format(retired)] if retired is not None \
+            else []
+        for name in names + interims:
+            old = self.file_backend.join_path(self.out_dir, name)
+            if old == path:
+                continue
+            if self.file_backend.isfile(old):
+                self.file_backend.remove(old)
+            elif self.file_backend.isdir(old):
+                self.file_backend.rmtree(old)  # deepspeed's folders
+
+    def before_save_checkpoint(self, runner, checkpoint) -> None:
+        state = self._pending
+        if state is None and self._last_saved[0] is not None and \
+                checkpoint.get('meta', {}).get('iter') == self._last_saved[0]:
+            state = self._last_saved[1]  # mmengine re-saves (save_best)
         if state is not None:
-            rng_state.restore(state)
-
-    # -- resuming -----------------------------------------------------------
-
-    def _prepare_loader(self, runner) -> None:
-        from mmengine.runner import EpochBasedTrainLoop
-        loop = runner.train_loop
-        loader = loop.dataloader
-        resumed = self._resumed
-        mine = None
-        if resumed is not None and resumed.get('format') == STATE_FORMAT:
-            ranks = resumed['ranks']
-            mine = ranks[get_rank()] if get_rank() < len(ranks) else None
-        if isinstance(loop, EpochBasedTrainLoop):
-            table = {int(k): v for k, v in (mine or {}).get(
-                'workers', {}).items()}
-            self._tracking_workers = loader_state.track_worker_states(
-                loader, table)
-            self._worker_latest = dict(table)
-            self._worker_epoch_start = dict(table)
-        if resumed is not None:
-            self._arrange_resume(runner, resumed, mine)
-
-    def _restore(self, runner, state: dict) -> None:
-        problem = rng_state.restore(state)
-        if problem:
-            runner.logger.warning(f'mmstvit: {problem}; the resumed run '
-                                  'draws other random numbers on the GPU')
-
-    def _arrange_resume(self, runner, resumed: dict,
-                        mine: Optional[dict]) -> None:
-        from mmengine.dist import get_world_size
-        from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
-        log = runner.logger
-        if resumed.get('format') != STATE_FORMAT:
-            log.warning(f'mmstvit: the checkpoint\'s resume state has format '
-                        f'{resumed.get("format")!r}, this mmstvit reads '
-                        f'{STATE_FORMAT}: the random states are not restored')
-            return
-        inexact = []
-        if resumed['world_size'] != get_world_size():
-            inexact.append(
-                f'it was saved by {resumed["world_size"]} processes and '
-                f'resumes with {get_world_size()}: each process gets other '
-                'batches and draws other random numbers')
-        if mine is None:
-            self._log_resume(log, inexact)
-            return
-        loop = runner.train_loop
-        loader = loop.dataloader
-        if mine['num_workers'] != loader.num_workers:
-            inexact.append(
-                f"it was saved with num_workers={mine['num_workers']} and "
-                f'resumes with {loader.num_workers}: the workers draw other '
-                'random augmentations')
-        seeds_changed = loader_state.set_loader_seeds(loader, mine['seeds'])
-        restore = functools.partial(self._restore, runner, mine['rng'])
-        done = int(resumed.get('epoch_batches_done', 0))
-        if isinstance(loop, IterBasedTrainLoop):
-            if seeds_changed:
-                loader_state.renew_iter_loop_iterator(loop)
-            loop.dataloader_iterator = loader_state.RestoreBeforeBatch(
-                loop, loop.iter, restore)
-            where = f'before iteration {loop.iter + 1}'
-        elif isinstance(loop, EpochBasedTrainLoop) and done:
-
-            def run_epoch_once():
-                del loop.run_epoch  # back to the class's method
-                loader_state.resumed_run_epoch(loop, done, restore,
-                                               self._note_worker_state)
-
-            loop.run_epoch = run_epoch_once
-            where = (f'after batch {done} of epoch {loop.epoch + 1} '
-                     '(the batches before it are drawn, not trained)')
-        elif isinstance(loop, EpochBasedTrainLoop):
-            self._restore_at_epoch_start = restore
-            where = f'at the start of epoch {loop.epoch + 1}'
-        else:
-            restore()
-            where = 'now'
-            inexact.append(
-                f'the train loop is a {type(loop).__name__}, whose position '
-                'in the data mmstvit does not know how to restore')
-        what = rng_state.describe(mine['rng'])
-        if self._tracking_workers and mine.get('workers'):
-            what += f", {len(mine['workers'])} persistent data workers"
-        if seeds_changed:
-            what += ' and the seeds of the sampler and workers'
-        self._log_resume(
-            log, inexact, f'mmstvit: exact resume: the random states of '
-            f'{resumed["world_size"]} process(es) ({what}) are restored '
-            f'{where}')
-
-    @staticmethod
-    def _log_resume(log, inexact, done: str = '') -> None:
-        if done:
-            log.info(done)
-        for reason in inexact:
-            log.warning(f'mmstvit: the resumed run cannot continue bit for '
-                        f'bit: {reason}.')
-        if torch.cuda.is_available() and not (
-                torch.backends.cudnn.deterministic
-                and torch.are_deterministic_algorithms_enabled()):
-            log.warning(CUDA_NOTE)
+            checkpoint[STATE_KEY] = state
 
 
 def use_in_config(cfg) -> bool:

@@ -61,6 +61,40 @@ def capture(cuda: bool = True) -> dict:
     return state
 
 
+def snapshot() -> tuple:
+    """This process's random states as the generators give them (about 20
+    us, a fifth of :func:`capture`): for :func:`restore_snapshot`, or
+    :func:`encode` when they are saved."""
+    return (random.getstate(), np.random.get_state(legacy=True),
+            torch.get_rng_state(), _cuda())
+
+
+def restore_snapshot(snap: tuple) -> None:
+    """Sets the random states of :func:`snapshot`."""
+    random.setstate(snap[0])
+    np.random.set_state(snap[1])
+    torch.set_rng_state(snap[2])
+    if snap[3] is not None:
+        torch.cuda.set_rng_state(snap[3]['state'], snap[3]['device'])
+
+
+def encode(snap: tuple) -> dict:
+    """A :func:`snapshot` in :func:`capture`'s form (what checkpoints
+    hold)."""
+    version, internal, gauss = snap[0]
+    name, keys, pos, has_gauss, cached = snap[1]
+    return dict(
+        python=dict(version=int(version),
+                    state=torch.tensor(internal, dtype=torch.int64),
+                    gauss=gauss),
+        numpy=dict(bit_generator=str(name),
+                   keys=torch.from_numpy(keys.astype(np.int64)),
+                   pos=int(pos), has_gauss=int(has_gauss),
+                   cached_gaussian=float(cached)),
+        torch=snap[2].clone(),
+        cuda=snap[3])
+
+
 def restore(state: dict) -> Optional[str]:
     """Sets this process's random states to ``state`` (from
     :func:`capture`, possibly loaded with ``map_location='cuda'``).

@@ -6,15 +6,19 @@ A tiny STViT segmentor trains on the toy ADE set (``tools/misc/
 make_toy_data.py``'s generator: random resize, crop and flip, drop path,
 dropout; validation every 4 iterations; a checkpoint every ``--interval``
 iterations, the last 3 kept) through ``tools/train.py``. The faulty run is
-started with ``--resume`` again and again and killed with SIGKILL
-``--kills`` times: at a random moment of its training, or, with
-probability ``--write-kill-prob``, while it writes a checkpoint (the writes
-are slowed to ``--write-seconds`` so that a kill can land in one, as on a
-slow shared file system). After each kill every checkpoint on disk is
-loaded. In the end it prints the largest difference between the final
-weights and the uninterrupted run's (0 when the resume is exact), how many
-iterations were trained twice, and how many torn checkpoints were found
-under a final name.
+started with ``--resume`` again and again and stopped ``--kills`` times: at
+a random moment of its training, or, with probability
+``--write-kill-prob``, while it writes a checkpoint (the writes are slowed
+to ``--write-seconds`` so that a kill can land in one, as on a slow shared
+file system); with SIGKILL (no clean-up of any kind: a crash, the OOM
+killer) or, with probability ``--sigterm-prob``, with SIGTERM (a scheduler's
+preemption: the run finishes its iteration, writes a checkpoint and exits
+143). After each stop every checkpoint on disk is loaded. In the end it
+prints the largest difference between the final weights and the
+uninterrupted run's (0 when the resume is exact), how many iterations were
+trained twice (after SIGKILLs: those since the last checkpoint; after
+SIGTERMs: 0), and how many torn checkpoints were found under a final
+name.
 
 ``--hook plain`` runs mmengine's own CheckpointHook instead of
 ResumableCheckpointHook (the state of things before it).
@@ -181,6 +185,11 @@ def parse_args():
                    help='share of the kills aimed at a checkpoint write')
     p.add_argument('--write-seconds', type=float, default=0.5,
                    help='how long each checkpoint write takes')
+    p.add_argument('--sigterm-prob', type=float, default=0.4,
+                   help='share of the kills that are SIGTERM (preemption) '
+                   'instead of SIGKILL')
+    p.add_argument('--sigterm-timeout', type=float, default=120,
+                   help='seconds a SIGTERMed run has to stop by itself')
     p.add_argument('--hook', choices=['resumable', 'plain'],
                    default='resumable')
     p.add_argument('--seed', type=int, default=0,
@@ -230,6 +239,17 @@ class Attempt:
         self.proc.send_signal(signal.SIGKILL)
         return self.wait()
 
+    def terminate(self, timeout):
+        """SIGTERM; the exit code, or None (then SIGKILLed) when the run
+        did not stop within ``timeout`` seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        return self.wait()
+
     def wait(self):
         code = self.proc.wait()
         self.reader.join()
@@ -275,9 +295,26 @@ def weight_difference(a_path, b_path):
     return diff, len(unequal), len(a)
 
 
-def main():
-    args = parse_args()
-    rng = random.Random(args.seed)
+class Faulty:
+    """The state of the faulty run over its attempts."""
+
+    def __init__(self, args, out):
+        self.args, self.out = args, out
+        self.rng = random.Random(args.seed)
+        self.work = osp.join(out, 'faulty')
+        self.trained = 0  # iterations trained by all attempts together
+        self.kills = self.sigterms = 0
+        self.aimed_at_writes = self.landed_in_writes = 0
+        self.redone_after_sigterm = 0
+        self.torn_seen, self.temps_seen = set(), set()
+        self.failure = None
+        self.last_stop = None  # (how, iteration reached) of the last kill
+        self.previous_stop = None  # the same, of the attempt before
+
+
+def prepare(args):
+    """The toy data, config and hooks under ``--out``; (out, train command,
+    environment)."""
     out = osp.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     from mmstvit.data.toy_data import generate_toy_ade
@@ -295,118 +332,160 @@ def main():
     env = dict(os.environ, PYTHONPATH=out + os.pathsep + ROOT,
                OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1',
                FAULT_WRITE_SECONDS=str(args.write_seconds))
-    train = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg]
-    last = f'iter_{args.iters}.pth'
+    return out, [sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg], env
 
-    say(f'fault injection: {args.hook} checkpoints, {args.iters} iterations, '
-        f'a checkpoint every {args.interval}, {args.workers} workers, '
-        f'{args.kills} kills; logs in {out}')
+
+def reference_run(args, out, train, env):
     ref = osp.join(out, 'reference')
-    if not osp.isfile(osp.join(ref, last)):
-        t0 = time.monotonic()
-        code = Attempt(train + ['--work-dir', ref], osp.join(
-            out, 'reference.log'), env, out).wait()
-        if code != 0:
-            sys.exit(f'the uninterrupted run failed (exit {code}); see '
-                     f'{out}/reference.log')
-        say(f'uninterrupted run: {time.monotonic() - t0:.0f} s')
-    else:
+    if osp.isfile(osp.join(ref, f'iter_{args.iters}.pth')):
         say('uninterrupted run: kept from before')
+        return ref
+    t0 = time.monotonic()
+    code = Attempt(train + ['--work-dir', ref], osp.join(
+        out, 'reference.log'), env, out).wait()
+    if code != 0:
+        sys.exit(f'the uninterrupted run failed (exit {code}); see '
+                 f'{out}/reference.log')
+    say(f'uninterrupted run: {time.monotonic() - t0:.0f} s')
+    return ref
 
-    work = osp.join(out, 'faulty')
-    if osp.isdir(work):
-        import shutil
-        shutil.rmtree(work)
-    trained = 0  # iterations trained by all attempts together
-    kills = aimed_at_writes = landed_in_writes = 0
-    torn_seen, temps_seen = set(), set()
-    attempt_no = 0
-    failure = None
-    while True:
-        attempt_no += 1
-        log = osp.join(out, f'attempt_{attempt_no:02d}.log')
-        att = Attempt(train + ['--work-dir', work, '--resume'], log, env,
-                      out)
-        killing = kills < args.kills
-        how = ''
-        if killing:
-            at_write = rng.random() < args.write_kill_prob
-            if at_write:
-                # the first checkpoint write from now on
-                writes = []
-                while att.proc.poll() is None:
-                    with att.lock:
-                        writes = list(att.writes)
-                    if writes:
-                        break
-                    time.sleep(0.005)
-                if writes:
-                    delay = rng.uniform(0.05, 0.95) * args.write_seconds
-                    time.sleep(delay)
-                    how = (f'during the write of {writes[0][1]} (after '
-                           f'{delay:.2f} s of {args.write_seconds:.2f})')
-            else:
-                # after a random number of iterations of this attempt,
-                # somewhere within the next one
-                target = rng.randint(1, max(1, 2 * args.interval))
-                while att.proc.poll() is None:
-                    with att.lock:
-                        done = len(att.iter_times)
-                    if done >= target:
-                        break
-                    time.sleep(0.005)
-                time.sleep(rng.uniform(0, 0.3))
-                how = (f'after {target} iteration{"s" if target > 1 else ""} '
-                       'of this attempt')
-        if killing and att.proc.poll() is None:
-            att.kill()
-            kills += 1
-            aimed_at_writes += how.startswith('during the write')
-            outcome = f'SIGKILL {how}'
-        else:
-            code = att.wait()
-            outcome = f'exit {code}'
-            if code != 0:
-                failure = f'attempt {attempt_no} failed (exit {code}): see ' \
-                    f'{log}'
+
+def wait_for(att, ready):
+    """Polls until ``ready()`` or the attempt ended."""
+    while att.proc.poll() is None:
         with att.lock:
-            reached = att.last_iter or att.resumed_from
-            resumed = att.resumed_from
-        trained += max(0, reached - resumed)
-        torn, temps, ckpts = check_work_dir(work)
-        # each start removes leftovers (a plain run's torn files stay)
-        landed_in_writes += bool(outcome.startswith('SIGKILL') and
-                                 (temps or torn))
-        torn_seen.update(torn)
-        temps_seen.update(temps)
-        say(f'attempt {attempt_no:2d}: resumed at iteration {resumed:2d}, '
-            f'reached {reached:2d}; {outcome}; on disk: '
-            f'{", ".join(ckpts) or "nothing"}' +
-            (f'; leftover {", ".join(temps)}' if temps else '') +
-            (f'; TORN (does not load): {", ".join(torn)}' if torn else ''))
-        if failure or outcome == 'exit 0':
-            break
+            if ready():
+                return True
+        time.sleep(0.005)
+    return False
 
+
+def aim(state, att):
+    """Waits for the moment of the kill; says which moment it was."""
+    args, rng = state.args, state.rng
+    if rng.random() < args.write_kill_prob:
+        # the first checkpoint write from now on
+        if wait_for(att, lambda: bool(att.writes)):
+            delay = rng.uniform(0.05, 0.95) * args.write_seconds
+            time.sleep(delay)
+            return (f'during the write of {att.writes[0][1]} (after '
+                    f'{delay:.2f} s of {args.write_seconds:.2f})')
+        return ''
+    # after a random number of iterations of this attempt, somewhere
+    # within the next one
+    target = rng.randint(1, max(1, 2 * args.interval))
+    wait_for(att, lambda: len(att.iter_times) >= target)
+    time.sleep(rng.uniform(0, 0.3))
+    return f'after {target} iteration{"s" if target > 1 else ""} of this ' \
+        'attempt'
+
+
+def stop(state, att, how):
+    """Kills the attempt (SIGKILL or SIGTERM); the outcome's text."""
+    state.kills += 1
+    state.aimed_at_writes += how.startswith('during the write')
+    if state.rng.random() >= state.args.sigterm_prob:
+        att.kill()
+        state.last_stop = ('SIGKILL', None)
+        return f'SIGKILL {how}'
+    state.sigterms += 1
+    code = att.terminate(state.args.sigterm_timeout)
+    with att.lock:
+        reached = att.last_iter or att.resumed_from
+    state.last_stop = ('SIGTERM', reached)
+    if code != 128 + signal.SIGTERM:
+        state.failure = (f'a SIGTERM {how} ended the run with '
+                         f'{"no exit" if code is None else f"exit {code}"}, '
+                         f'not 143')
+    return f'SIGTERM {how}: exit {code}'
+
+
+def one_attempt(state, number, train, env):
+    """Starts the faulty run once more, kills it (while kills are left) or
+    lets it finish; prints a line; False when the run is over."""
+    log = osp.join(state.out, f'attempt_{number:02d}.log')
+    att = Attempt(train + ['--work-dir', state.work, '--resume'], log, env,
+                  state.out)
+    how = aim(state, att) if state.kills < state.args.kills else None
+    if how is not None and att.proc.poll() is None:
+        outcome = stop(state, att, how)
+    else:
+        code = att.wait()
+        outcome = f'exit {code}'
+        if code != 0:
+            state.failure = f'attempt {number} failed (exit {code}): see {log}'
+    with att.lock:
+        reached = att.last_iter or att.resumed_from
+        resumed = att.resumed_from
+    account(state, number, resumed, reached, outcome)
+    return not (state.failure or outcome == 'exit 0')
+
+
+def account(state, number, resumed, reached, outcome):
+    """Books the attempt (iterations trained, redone after a SIGTERM, what
+    is on disk) and prints its line."""
+    previous = state.previous_stop
+    if previous and previous[0] == 'SIGTERM':
+        state.redone_after_sigterm += max(0, previous[1] - resumed)
+    state.previous_stop = state.last_stop if outcome.startswith('SIG') \
+        else None
+    state.trained += max(0, reached - resumed)
+    torn, temps, ckpts = check_work_dir(state.work)
+    # each start removes leftovers (a plain run's torn files stay)
+    state.landed_in_writes += bool(outcome.startswith('SIG') and
+                                   (temps or torn))
+    state.torn_seen.update(torn)
+    state.temps_seen.update(temps)
+    say(f'attempt {number:2d}: resumed at iteration {resumed:2d}, '
+        f'reached {reached:2d}; {outcome}; on disk: '
+        f'{", ".join(ckpts) or "nothing"}' +
+        (f'; leftover {", ".join(temps)}' if temps else '') +
+        (f'; TORN (does not load): {", ".join(torn)}' if torn else ''))
+
+
+def report(state, ref):
+    args = state.args
     say('')
-    if failure:
-        say(f'result: {failure}')
-        say(f'torn checkpoints under a final name: {len(torn_seen)}'
-            + (f' ({", ".join(sorted(torn_seen))})' if torn_seen else ''))
+    torn = (f'  torn checkpoints under a final name: {len(state.torn_seen)}'
+            + (f' ({", ".join(sorted(state.torn_seen))} did not load after a'
+               ' kill)' if state.torn_seen else ''))
+    if state.failure:
+        say(f'result: {state.failure}')
+        say(torn)
         sys.exit(1)
+    last = f'iter_{args.iters}.pth'
     diff, unequal, total = weight_difference(
-        osp.join(ref, last), osp.join(work, last))
-    say(f'result ({args.hook} checkpoints, {kills} SIGKILLs, '
-        f'{landed_in_writes} of them during a checkpoint write, '
-        f'{aimed_at_writes} aimed at one):')
+        osp.join(ref, last), osp.join(state.work, last))
+    say(f'result ({args.hook} checkpoints, {state.kills} kills: '
+        f'{state.kills - state.sigterms} SIGKILL, {state.sigterms} SIGTERM; '
+        f'{state.landed_in_writes} during a checkpoint write, '
+        f'{state.aimed_at_writes} aimed at one):')
     say(f'  final weights vs the uninterrupted run: max |diff| {diff:.3g}, '
         f'{unequal} of {total} tensors differ')
-    say(f'  iterations trained twice: {trained - args.iters} '
-        f'({trained} trained for {args.iters})')
-    say(f'  torn checkpoints under a final name: {len(torn_seen)}' +
-        (f' ({", ".join(sorted(torn_seen))} did not load after a kill)'
-         if torn_seen else ''))
+    say(f'  iterations trained twice: {state.trained - args.iters} '
+        f'({state.trained} trained for {args.iters}); after a SIGTERM: '
+        f'{state.redone_after_sigterm}')
+    say(torn)
     say(f'  unfinished temporary files left by kills (removed at the next '
-        f'start): {len(temps_seen)}')
+        f'start): {len(state.temps_seen)}')
+
+
+def main():
+    args = parse_args()
+    out, train, env = prepare(args)
+    say(f'fault injection: {args.hook} checkpoints, {args.iters} iterations, '
+        f'a checkpoint every {args.interval}, {args.workers} workers, '
+        f'{args.kills} kills ({args.sigterm_prob:.0%} SIGTERM); logs in '
+        f'{out}')
+    ref = reference_run(args, out, train, env)
+    state = Faulty(args, out)
+    if osp.isdir(state.work):
+        import shutil
+        shutil.rmtree(state.work)
+    number = 1
+    while one_attempt(state, number, train, env):
+        number += 1
+    report(state, ref)
 
 
 if __name__ == '__main__':
