@@ -214,12 +214,12 @@ def test_fast_paths_variants_turn_off_one_flag_each():
     import dataclasses
 
     import fast_paths
-    from mmstvit.models.backbones import execution
+    from mmstvit.models.backbones import kernels
     covered = set()
     for name, flags in fast_paths.VARIANTS.items():
         for inference, base in (
-                (True, execution.deploy_plan(execution.HAS_ONEDNN)),
-                (False, execution.FAST)):
+                (True, kernels.deploy_plan(kernels.HAS_ONEDNN)),
+                (False, kernels.FAST)):
             plan = fast_paths.plan(name, inference)
             only = fast_paths.TRAINING_ONLY if inference else \
                 fast_paths.INFERENCE_ONLY
@@ -229,11 +229,11 @@ def test_fast_paths_variants_turn_off_one_flag_each():
             changed = {f.name for f in dataclasses.fields(plan)
                        if getattr(plan, f.name) != getattr(base, f.name)}
             assert changed == set(flags) or (
-                name == 'no oneDNN post-ops' and not execution.HAS_ONEDNN), \
+                name == 'no oneDNN post-ops' and not kernels.HAS_ONEDNN), \
                 (name, changed)
         covered |= set(flags)
     # every flag of the plan has its variant
-    assert covered == {f.name for f in dataclasses.fields(execution.Kernels)}
+    assert covered == {f.name for f in dataclasses.fields(kernels.Kernels)}
     rows = fast_paths.table(
         {v: {'a': 1.0} for v in fast_paths.VARIANTS}, ['a']).splitlines()
     assert rows[2].startswith('| all fast paths | 1.000 s |')

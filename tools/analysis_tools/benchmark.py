@@ -237,7 +237,7 @@ def summary(times, batch):
 def count_flops(model, shape, device):
     from mmengine.analysis import FlopAnalyzer
 
-    from mmstvit.models.backbones.execution import use_kernels
+    from mmstvit.models.backbones.kernels import use_kernels
     from mmstvit.tool_support import mm_log_level
     x = torch.randn(1, 3, *shape, device=device)
     # "unsupported operator" lists, per model; STViT counted with the

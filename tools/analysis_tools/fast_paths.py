@@ -4,7 +4,7 @@
     python tools/analysis_tools/fast_paths.py [--rounds 5] [--train-rounds 3]
     python tools/analysis_tools/fast_paths.py --quick      # a smoke run
 
-Every flag of the kernel plan (:class:`mmstvit.models.backbones.execution.
+Every flag of the kernel plan (:class:`mmstvit.models.backbones.kernels.
 Kernels`) is turned off on its own, the others staying as users run them:
 the ``deploy`` plan for inference (what tools/infer.py and tools/test.py
 run), ``fast`` for training. STViT-S is timed in the benchmark's settings:
@@ -31,15 +31,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import benchmark as B  # noqa: E402  (its loop, peak memory, logging)
 
-from mmstvit.models.backbones import STViT, execution  # noqa: E402
+from mmstvit.models.backbones import STViT, kernels  # noqa: E402
 
 VARIANTS = {  # name -> the flags changed from the plan users run
     'all fast paths': {},
     'neighbourhoods as identity convs': dict(neighbourhoods='conv'),
     'neighbourhoods inline (no operator)': dict(neighbourhoods='slices'),
     'no fused attention (sdpa)': dict(sdpa=False),
-    'no folded residual conv': dict(fold_residual=False),
-    'no BN / layer-scale folding': dict(fold_norm=False),
     'no memory-lean training': dict(lean_training=False),
     'no in-place sums': dict(inplace=False),
     'no oneDNN post-ops': dict(onednn=False),
@@ -54,8 +52,8 @@ def plan(variant: str, inference: bool):
     only = TRAINING_ONLY if inference else INFERENCE_ONLY
     if any(f in flags for f in only):
         return None
-    base = execution.deploy_plan(execution.HAS_ONEDNN) if inference else \
-        execution.FAST
+    base = kernels.deploy_plan(kernels.HAS_ONEDNN) if inference else \
+        kernels.FAST
     return dataclasses.replace(base, **flags)
 
 

@@ -170,8 +170,8 @@ def measure(config, shape=None):
                 return self.m(x, mode='tensor')
             return self.m._forward(x, samples)
 
-    # the paper's counting protocol: the authors' graph (execution.py)
-    from mmstvit.models.backbones.execution import use_kernels
+    # the paper's counting protocol: the authors' graph (kernels.py)
+    from mmstvit.models.backbones.kernels import use_kernels
     # the FLOP count of get_model_complexity_info, without its activation
     # count (a second trace of the model) or its per-module warnings
     with torch.no_grad(), use_kernels(model, 'reference'):

@@ -5,8 +5,8 @@ Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023.
 
 This file is the model, written as the paper's maths. How it runs fast is in
 :mod:`.kernels`; which kernels run is the model's plan
-(:class:`~.execution.Kernels`), fixed when it is built and changed only by
-:meth:`STViT.set_kernels`, :func:`~.execution.use_kernels` or
+(:class:`~.kernels.Kernels`), fixed when it is built and changed only by
+:meth:`STViT.set_kernels`, :func:`~.kernels.use_kernels` or
 :meth:`STViT.switch_to_deploy` (see ``docs/architecture.md``). Module and
 parameter names follow the authors' ``models/stvit.py`` so that their
 ImageNet checkpoints load as they are.
@@ -402,7 +402,7 @@ class STViT(Planned, BaseModule):
             components the paper's ablation varies (:mod:`.ablation`); the
             defaults, ``'conv'``, ``'cpe'``, ``'conv'``, 224, None, are STViT.
         kernels (str | Kernels): The kernel plan: ``'fast'`` (default),
-            ``'plain'`` or ``'reference'`` (:mod:`.execution`). Fixed here;
+            ``'plain'`` or ``'reference'`` (:mod:`.kernels`). Fixed here;
             change it with :meth:`set_kernels` or :meth:`switch_to_deploy`.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
