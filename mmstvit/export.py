@@ -18,7 +18,7 @@ The inputs are the tensors after the model's data preprocessor: float NCHW
 RGB, normalised with the config's mean and std, padded as the config pads.
 
 The export traces the backbone's ``plain`` kernel plan (plain ops, no
-in-place updates, static shapes; :mod:`mmstvit.models.backbones.execution`):
+in-place updates, static shapes; :mod:`mmstvit.models.backbones.kernels`):
 the 3x3 super-token neighbourhoods are gathered with slices and scattered
 with pads, not with the authors' identity-kernel convolutions, which cost 9x
 the multiply-adds of a copy (``reference=True`` exports those, the
@@ -60,7 +60,7 @@ def reference_graph(module: nn.Module, enabled: bool):
     """Every STViT in ``module`` runs its ``reference`` plan (the authors'
     identity-kernel convolutions) or its ``plain`` one for a ``with``
     block; each gets its own plan back afterwards."""
-    from mmstvit.models.backbones.execution import use_kernels
+    from mmstvit.models.backbones.kernels import use_kernels
     return use_kernels(module, 'reference' if enabled else 'plain')
 
 

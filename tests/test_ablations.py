@@ -184,10 +184,10 @@ def test_attention_adds_the_bias():
     logits = (q @ k.transpose(-1, -2)) * m.scale + m.rpe(4, 5)
     assert torch.allclose(m.attention_weights(x), logits.softmax(-1),
                           atol=1e-6)
-    from mmstvit.models.backbones import execution
+    from mmstvit.models.backbones import kernels
     outs = []
-    for plan in (execution.FAST, execution.PLAIN):
-        m.use = plan
+    for plan in (kernels.FAST, kernels.PLAIN):
+        m.kernels = plan
         with torch.no_grad():
             outs.append(m(x))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
@@ -202,12 +202,13 @@ def test_ape_is_the_table_resized_and_no_shortcut_is_the_conv():
         ape.absolute_pos_embed, size=(9, 12), mode='bicubic',
         align_corners=False)
     assert torch.allclose(ape(y), ref)
-    from mmstvit.models.backbones import execution
-    from mmstvit.models.backbones.modules import ResDWC
-    dw = ResDWC(4, residual=False)
-    for plan in (execution.FAST, execution.PLAIN):  # folded and not
-        dw.use = plan
-        assert torch.allclose(dw(x), dw.conv(x), atol=1e-6)
+    from mmstvit.models.backbones.modules import ConvFFN
+    ffn = ConvFFN(4, 8, shortcut=False)
+    a = torch.randn(2, 8, 6, 6)
+    h = torch.nn.functional.gelu(a)
+    assert torch.allclose(ffn.hidden(a), ffn.conv.conv(h), atol=1e-6)
+    ffn.shortcut = True  # STViT's ConvFFN: h + DWConv(h)
+    assert torch.allclose(ffn.hidden(a), h + ffn.conv.conv(h), atol=1e-6)
 
 
 @pytest.mark.parametrize('switches', [

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mmstvit import STViT, StokenAttention
-from mmstvit.models.backbones import execution, kernels
+from mmstvit.models.backbones import kernels
 from mmstvit.models.backbones import stvit as S
 
 TINY = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
@@ -31,27 +31,27 @@ def _traced_ops(module, x):
 def _set(module, plan):
     for m in module.modules():
         if isinstance(m, S.Planned):
-            m.use = plan
+            m.kernels = plan
 
 
 def _plans(model):
-    return {m.use for m in model.modules() if isinstance(m, S.Planned)}
+    return {m.kernels for m in model.modules() if isinstance(m, S.Planned)}
 
 
 def test_plan_is_fixed_at_construction_for_every_module():
     m = STViT(arch=TINY)
-    assert _plans(m) == {execution.FAST} and m.kernels is execution.FAST
+    assert _plans(m) == {kernels.FAST} and m.kernels is kernels.FAST
     m = STViT(arch=TINY, kernels='plain')
-    assert _plans(m) == {execution.PLAIN}
+    assert _plans(m) == {kernels.PLAIN}
     assert m.set_kernels('reference') is m
-    assert _plans(m) == {execution.REFERENCE}
-    custom = execution.Kernels(sdpa=False)
+    assert _plans(m) == {kernels.REFERENCE}
+    custom = kernels.Kernels(sdpa=False)
     m.set_kernels(custom)
     assert _plans(m) == {custom}
     with pytest.raises(ValueError, match="'fast'.*'plain'.*'reference'"):
         STViT(arch=TINY, kernels='fused')
     with pytest.raises(ValueError, match='neighbourhoods'):
-        execution.Kernels(neighbourhoods='unfold')
+        kernels.Kernels(neighbourhoods='unfold')
 
 
 def test_reference_plan_is_what_a_trace_counts():
@@ -59,9 +59,9 @@ def test_reference_plan_is_what_a_trace_counts():
     x = torch.randn(1, 8, 8, 8)
     with torch.no_grad():
         fast_ops = _traced_ops(m, x)
-        _set(m, execution.REFERENCE)
+        _set(m, kernels.REFERENCE)
         ref_ops = _traced_ops(m, x)
-        _set(m, execution.PLAIN)
+        _set(m, kernels.PLAIN)
         plain_ops = _traced_ops(m, x)
     # the fast plan traces what it runs: fused attention, the operators
     assert 'aten::scaled_dot_product_attention' in fast_ops
@@ -81,12 +81,12 @@ def test_use_kernels_switches_every_backbone_and_restores_on_error():
     outer = torch.nn.ModuleDict(dict(a=STViT(arch=TINY),
                                      b=STViT(arch=TINY, kernels='plain')))
     with pytest.raises(RuntimeError, match='inside'):
-        with execution.use_kernels(outer, 'reference') as n:
+        with kernels.use_kernels(outer, 'reference') as n:
             assert n == 2
-            assert _plans(outer) == {execution.REFERENCE}
+            assert _plans(outer) == {kernels.REFERENCE}
             raise RuntimeError('inside')
-    assert _plans(outer.a) == {execution.FAST}
-    assert _plans(outer.b) == {execution.PLAIN}
+    assert _plans(outer.a) == {kernels.FAST}
+    assert _plans(outer.b) == {kernels.PLAIN}
 
 
 def test_flops_follow_the_plan():
@@ -103,10 +103,10 @@ def test_flops_follow_the_plan():
             return fa.total()
 
     m = STViT(arch=TINY).eval()
-    with execution.use_kernels(m, 'reference'):
+    with kernels.use_kernels(m, 'reference'):
         reference = count(m)
     assert count(m) < reference  # restored: the fast plan again
-    assert m.kernels is execution.FAST
+    assert m.kernels is kernels.FAST
 
 
 @pytest.mark.parametrize('h,w', [(1, 1), (3, 5), (6, 4)])

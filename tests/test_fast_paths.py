@@ -11,8 +11,8 @@ precision a GPU run takes, checked here on the CPU through the same code.
   close to float32's, in every plan.
 * ``with_cp`` changes nothing but memory: the same outputs, gradients and
   BatchNorm running statistics (``num_batches_tracked`` too).
-* The memory-lean autograd functions: gradcheck, BatchNorm statistics, the
-  bytes autograd keeps.
+* Memory-lean training: the recomputation runs the modules (hooks,
+  wrappers), BatchNorm statistics once, the bytes autograd keeps.
 * ``deploy``: the fast plan's outputs, inference only, its oneDNN kernels
   decided when it is switched and again when it moves or is cast.
 * ``torch.compile``: one graph with eager's values and gradients, the
@@ -27,8 +27,9 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmstvit import STViT
-from mmstvit.models.backbones import execution, kernels
+from mmstvit.models.backbones import kernels
 from mmstvit.models.backbones import stvit as S
+from mmstvit.models.backbones.kernels import neighbourhoods
 
 # layer scale on in the last two stages (as STViT-B/L)
 TINY = dict(embed_dims=[16, 32, 48, 64], depths=[1, 2, 1, 1],
@@ -254,7 +255,7 @@ def test_deploy_equals_fast_and_is_inference_only():
         deployed = copy.deepcopy(model).switch_to_deploy()
         outs = deployed(x)
     assert deployed.kernels.inplace
-    assert deployed.kernels.onednn == execution.HAS_ONEDNN
+    assert deployed.kernels.onednn == kernels.HAS_ONEDNN
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)  # not written
     for u, v in zip(outs, fast):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
@@ -271,7 +272,7 @@ def test_deploy_equals_fast_and_is_inference_only():
     deployed.bfloat16()
     assert deployed.kernels.inplace and not deployed.kernels.onednn
     deployed.float()
-    assert deployed.kernels.onednn == execution.HAS_ONEDNN
+    assert deployed.kernels.onednn == kernels.HAS_ONEDNN
 
 
 @pytest.mark.parametrize('onednn', [True, False])
@@ -283,44 +284,34 @@ def test_deploy_kernels_with_and_without_onednn(onednn):
     with torch.no_grad():
         ref = model(x)
         model.requires_grad_(False)
-        model.set_kernels(execution.deploy_plan(onednn))
+        model.set_kernels(kernels.deploy_plan(onednn))
         outs = model(x)
     for u, v in zip(outs, ref):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------- memory-lean training --
-def test_gelu_depthwise_gradcheck():
-    a = torch.randn(2, 3, 5, 4, dtype=torch.double, requires_grad=True)
-    w = torch.randn(3, 1, 3, 3, dtype=torch.double, requires_grad=True)
-    b = torch.randn(3, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda a, w, b: kernels.GELUDepthwiseConv.apply(a, w, b, 1),
-        (a, w, b))
-    ref = torch.nn.functional.conv2d(
-        torch.nn.functional.gelu(a), w, b, 1, 1, 1, 3)
-    torch.testing.assert_close(
-        kernels.GELUDepthwiseConv.apply(a, w, b, 1), ref)
-
-
-def test_gelu_batchnorm_gradcheck_and_statistics():
-    a = torch.randn(3, 4, 5, 5, dtype=torch.double, requires_grad=True)
-    bn = nn.BatchNorm2d(4).double()
-    bn.weight.data.normal_()
-    bn.bias.data.normal_()
-    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
-
-    def f(a, w, b):
-        return kernels.GELUBatchNorm.apply(a, w, b, rm.clone(), rv.clone(),
-                                           0.1, bn.eps)
-
-    assert torch.autograd.gradcheck(f, (a, bn.weight, bn.bias))
-    out = kernels.GELUBatchNorm.apply(a, bn.weight, bn.bias, rm, rv, 0.1,
-                                      bn.eps)
-    ref = bn(torch.nn.functional.gelu(a))
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(rm, bn.running_mean)
-    torch.testing.assert_close(rv, bn.running_var)
+def test_lean_training_runs_the_modules_and_their_wrappers():
+    """The memory-lean ConvFFN and stem recompute through the modules
+    themselves: a forward hook on the depthwise conv and on a stem
+    BatchNorm fires (again in the recomputation), a wrapper that replaces
+    the depthwise conv is what runs, and the stem's statistics are updated
+    once."""
+    ffn = S.ConvFFN(8, 16).train()
+    calls = []
+    ffn.conv.conv.register_forward_hook(lambda *a: calls.append('dw'))
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    ffn(x).sum().backward()
+    assert calls == ['dw', 'dw']  # forward, recomputation in backward
+    dw = ffn.conv.conv
+    ffn.conv.conv = nn.Sequential(dw, nn.Dropout(0.))  # a swapped layer
+    plain_out = copy.deepcopy(ffn)
+    plain_out.kernels = kernels.PLAIN
+    torch.testing.assert_close(ffn(x), plain_out(x))
+    stem = S.ConvStem(3, 8).train()
+    stem(torch.randn(2, 3, 16, 16, requires_grad=True)).sum().backward()
+    assert all(int(b) == 1 for n, b in stem.named_buffers()
+               if n.endswith('num_batches_tracked'))
 
 
 def _saved_bytes(fn):
@@ -341,19 +332,18 @@ def test_lean_functions_save_less():
     """The ConvFFN keeps one hidden map fewer, the stem one map fewer per
     conv; the whole backbone keeps at least that much less."""
     ffn = S.ConvFFN(16, 64).train()
-    bn = nn.BatchNorm2d(16).train()
     x = torch.randn(2, 16, 32, 32, requires_grad=True)
     hidden = 2 * 64 * 32 * 32 * 4
     stem = S.ConvStem(3, 16).train()
     img = torch.randn(2, 3, 64, 64, requires_grad=True)
     model = tiny().train()
-    lean = [_saved_bytes(lambda: ffn(x, bn)), _saved_bytes(lambda: stem(img)),
+    lean = [_saved_bytes(lambda: ffn(x)), _saved_bytes(lambda: stem(img)),
             _saved_bytes(lambda: model(torch.randn(2, 3, 64, 64)))]
     for m in (ffn, stem, model):
         for mod in m.modules():
             if isinstance(mod, S.Planned):
-                mod.use = execution.PLAIN
-    assert _saved_bytes(lambda: ffn(x, bn)) - lean[0] == hidden
+                mod.kernels = kernels.PLAIN
+    assert _saved_bytes(lambda: ffn(x)) - lean[0] == hidden
     stem_maps = 2 * (8 * 32 * 32 * 2 + 16 * 16 * 16 * 2) * 4
     # (+ the BatchNorms' running statistics, which autograd saves too)
     assert 0 <= _saved_bytes(lambda: stem(img)) - lean[1] - stem_maps <= \
@@ -403,9 +393,9 @@ def test_neighbourhood_operators_are_adjoint_and_exact():
     torch.manual_seed(0)
     t = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
     sent = torch.randn(2, 20, 9, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.equal(torch.ops.mmstvit.gather3x3(t), kernels._gather3x3(t))
+    assert torch.equal(torch.ops.mmstvit.gather3x3(t), neighbourhoods._gather3x3(t))
     assert torch.equal(torch.ops.mmstvit.scatter3x3(sent, 5, 4),
-                       kernels._scatter3x3(sent, 5, 4))
+                       neighbourhoods._scatter3x3(sent, 5, 4))
     assert torch.autograd.gradcheck(torch.ops.mmstvit.gather3x3, (t, ))
     assert torch.autograd.gradcheck(
         lambda s: torch.ops.mmstvit.scatter3x3(s, 5, 4), (sent, ))

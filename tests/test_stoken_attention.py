@@ -175,7 +175,7 @@ def test_reference_is_sensitive():
 def test_reference_and_plain_plans_equal_the_fast_one(plan):
     """The authors' graph (what FLOPs are counted on) and the plain one
     (what ONNX export traces) give the fast plan's numbers."""
-    from mmstvit.models.backbones import execution
+    from mmstvit.models.backbones import kernels
     from mmstvit.models.backbones.stvit import Planned
     m = _module(16, (4, 4), 1, 4)
     x = torch.randn(2, 16, 13, 17)
@@ -183,7 +183,7 @@ def test_reference_and_plain_plans_equal_the_fast_one(plan):
         fast = m(x)
         for mod in m.modules():
             if isinstance(mod, Planned):
-                mod.use = execution.resolve(plan)
+                mod.kernels = kernels.resolve(plan)
         other = m(x)
     assert torch.allclose(fast, other, atol=1e-5)
 

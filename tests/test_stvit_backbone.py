@@ -334,7 +334,7 @@ def test_trainable_parameter_counts(arch, target):
 def test_flops_small_1280x800_paper_protocol():
     from mmengine.analysis import FlopAnalyzer
 
-    from mmstvit.models.backbones.execution import use_kernels
+    from mmstvit.models.backbones.kernels import use_kernels
     m = STViT('small').eval()
     with torch.no_grad(), use_kernels(m, 'reference'):
         fa = FlopAnalyzer(m, torch.randn(1, 3, 800, 1280))

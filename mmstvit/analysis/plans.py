@@ -2,12 +2,12 @@
 """The kernel plans of the STViT backbone, as the analysis tools name them.
 
 The one module of :mod:`mmstvit.analysis` that knows where the plans live
-(:mod:`mmstvit.models.backbones.execution`) and what they, the switch and
+(:mod:`mmstvit.models.backbones.kernels`) and what they, the switch and
 the model's argument are called; the others ask here.
 """
 import dataclasses
 
-from mmstvit.models.backbones import execution
+from mmstvit.models.backbones import kernels as execution
 
 #: the class of a plan (one flag per fast path)
 Plan = execution.Kernels

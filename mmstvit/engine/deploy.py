@@ -3,7 +3,7 @@
 
 ``STViT.switch_to_deploy()`` makes a backbone inference-only (in-place
 residual sums, and oneDNN's fused convolutions while it is float32 on a CPU;
-see :mod:`mmstvit.models.backbones.execution`). :class:`STViTDeployHook`
+see :mod:`mmstvit.models.backbones.kernels`). :class:`STViTDeployHook`
 does it for a test run after the runner has loaded the checkpoint, so that
 ``tools/test.py`` (which adds it) and any toolbox's own ``test.py`` (a config
 line) evaluate what ``tools/infer.py`` serves::
@@ -22,7 +22,7 @@ from mmengine.registry import HOOKS
 def switch_to_deploy(model: nn.Module) -> int:
     """Switches every STViT inside ``model`` to its deploy plan; returns how
     many there were."""
-    from mmstvit.models.backbones.execution import stvit_backbones
+    from mmstvit.models.backbones.kernels import stvit_backbones
     backbones = stvit_backbones(model)
     for m in backbones:
         m.switch_to_deploy()

@@ -2,18 +2,20 @@
 """The building blocks of :mod:`.stvit`: the convolutional parts of STViT
 (stem, positional encoding, ConvFFN, downsample) and the multi-head
 self-attention over super tokens, with the authors' module and parameter
-names. Each reads the model's kernel plan ``self.use`` (:class:`Planned`).
+names. Every layer is called as its module; the modules that compute in more
+than one way read the model's kernel plan ``self.kernels``
+(:class:`Planned`). The residuals, layer scale and drop path are the
+block's (:class:`~.stvit.STViTBlock`).
 """
 import copy
+import functools
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import execution, kernels
-from .execution import Kernels
+from .kernels import FAST, Kernels, nhwc, recompute
 
 
 def _pair(x) -> Tuple[int, int]:
@@ -50,9 +52,11 @@ class DropPath(nn.Module):
 
 
 class Planned:
-    """A module whose forward reads the model's kernel plan ``self.use``
-    (set for the whole model by :meth:`STViT.set_kernels`)."""
-    use: Kernels = execution.FAST
+    """A module whose forward reads the model's kernel plan
+    ``self.kernels`` (:class:`~.kernels.Kernels`, set for the whole model
+    by :meth:`STViT.set_kernels`): how it computes, never whether its
+    layers are called."""
+    kernels: Kernels = FAST
 
 
 class IdentityKernel(nn.Module):
@@ -74,101 +78,79 @@ class IdentityKernel(nn.Module):
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of an NCHW map (eps 1e-6)."""
+    """LayerNorm over the channels of an NCHW map (eps 1e-6): ``norm``, an
+    ``nn.LayerNorm``, on the channels-last view (free for a channels-last
+    map)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x):
-        # For a channels-last tensor the permutes are free views.
-        y = F.layer_norm(
-            x.permute(0, 2, 3, 1), self.norm.normalized_shape,
-            self.norm.weight, self.norm.bias, self.norm.eps)
-        return y.permute(0, 3, 1, 2)
+        return self.norm(nhwc(x)).permute(0, 3, 1, 2)
 
 
-class ResDWC(Planned, nn.Module):
-    """x + depthwise3x3(x); with ``use.fold_residual`` one convolution, the
-    residual folded into the kernel's centre tap (exact in value and
-    gradient; the authors left the same idea commented out).
-    ``residual=False``: depthwise3x3(x) alone (the ablation's ConvFFN "w/o
-    shortcut"; the same parameters)."""
+class DWConv(nn.Module):
+    """``conv``, a depthwise ``kernel_size`` convolution: the CPE
+    ``pos_embed`` (the block adds its residual, ``x + pos_embed(x)``) and
+    the ConvFFN's ``conv``. A module of its own so that the authors' keys
+    (``pos_embed.conv.weight``, ``mlp2.conv.conv.weight``) load as they are;
+    ``switch_to_deploy`` folds the residual into the kernel's centre tap."""
 
-    def __init__(self, dim: int, kernel_size: int = 3, residual: bool = True):
+    def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()
-        self.dim = dim
-        self.kernel_size = kernel_size
-        self.residual = residual
         self.conv = nn.Conv2d(
             dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
 
-    def folded_weight(self) -> torch.Tensor:
-        """The depthwise kernel with 1 added at the centre tap (the kernel
-        itself without the residual)."""
-        w = self.conv.weight
-        if not self.residual:
-            return w
-        c = self.kernel_size // 2
-        delta = torch.zeros_like(w)
-        delta[:, :, c, c] = 1
-        return w + delta
-
     def forward(self, x):
-        if not self.use.fold_residual:
-            return x + self.conv(x) if self.residual else self.conv(x)
-        return F.conv2d(x, self.folded_weight(), self.conv.bias, 1,
-                        self.kernel_size // 2, 1, self.dim)
+        return self.conv(x)
 
 
 class ConvFFN(Planned, nn.Module):
     """``mlp2``: fc2(h + DWConv(h)), h = GELU(fc1(x)), 1x1 convs, ratio 4.
 
-    The paper's ablation (:mod:`.ablation`): ``shortcut=False`` gives
-    fc2(DWConv(h)) ("w/o shortcut"), ``dwconv=False`` the plain MLP fc2(h)
-    of the rows before "+ ConvFFN" (no ``conv``)."""
+    With ``kernels.lean_training`` (training) GELU's output is recomputed in
+    backward instead of stored (:func:`~.kernels.recompute`: ``act1`` and
+    ``conv`` still run as modules). The paper's ablation (:mod:`.ablation`):
+    ``shortcut=False`` gives fc2(DWConv(h)) ("w/o shortcut"),
+    ``dwconv=False`` the plain MLP fc2(h) of the rows before "+ ConvFFN"
+    (no ``conv``). Shapes: (B, dim, H, W) -> (B, dim, H, W)."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.,
                  dwconv: bool = True, shortcut: bool = True):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act1 = nn.GELU()
-        self.conv = ResDWC(hidden, 3, residual=shortcut) if dwconv else None
+        self.conv = DWConv(hidden, 3) if dwconv else None
+        self.shortcut = shortcut
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop)
 
-    def _dwconv(self, h):
-        return h if self.conv is None else self.conv(h)
+    def hidden(self, a):
+        """GELU, dropout and the depthwise conv on fc1's output ``a``."""
+        h = self.drop(self.act1(a))
+        if self.conv is None:
+            return h
+        return h + self.conv(h) if self.shortcut else self.conv(h)
 
-    def forward(self, x, bn: Optional[_BatchNorm] = None,
-                identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None,
-                drop_path: Optional[nn.Module] = None):
-        """``identity + drop_path(gamma * fc2(dwconv(gelu(fc1(bn(x))))))``
-        without the terms that are not given (``gamma``: layer scale,
-        (1, C, 1, 1)). The ``deploy`` plan may overwrite ``identity`` with
-        the sum: pass only a tensor you own."""
-        use = self.use
-        if bn is not None and not bn.training and use.fold_norm:
-            # eval: the BatchNorm folds into fc1 (exact)
-            h = self._dwconv(kernels.bn_conv_gelu(x, bn, self.fc1,
-                                                  self.drop, use.onednn))
+    def forward(self, x):
+        a = self.fc1(x)
+        if self.kernels.lean_training and self.training and \
+                self.conv is not None and torch.is_grad_enabled():
+            h = recompute(self.hidden, a, random=self.drop.p > 0)
         else:
-            h = self.fc1(x if bn is None else bn(x))
-            if use.lean_training and self.training and not self.drop.p \
-                    and self.conv is not None:
-                h = kernels.gelu_dwconv(h, self.conv)  # GELU not stored
-            else:
-                h = self._dwconv(self.drop(self.act1(h)))
-        return kernels.project_residual(h, self.fc2, self.drop, use,
-                                        identity, gamma, drop_path)
+            h = self.hidden(a)
+        return self.drop(self.fc2(h))
 
 
 class MultiheadConvAttention(Planned, nn.Module):
-    """Global multi-head self-attention over an NCHW map (``stoken_refine``).
+    """Global multi-head self-attention over an NCHW map (``stoken_refine``):
+    ``proj_drop(proj(attention(qkv(x))))``, with
+    ``scaled_dot_product_attention`` where ``kernels.sdpa``.
 
     qkv is a 1x1 convolution whose output channels are laid out per head as
-    (head, [q|k|v], head_dim), as in the authors' code.
+    (head, [q|k|v], head_dim), as in the authors' code. Shapes:
+    (B, dim, H, W) -> (B, dim, H, W).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
@@ -201,8 +183,7 @@ class MultiheadConvAttention(Planned, nn.Module):
         the channels-last view of the qkv map (no copy when the network runs
         channels last, the default)."""
         B, C, H, W = x.shape
-        qkv = F.conv2d(x, self.qkv.weight, self.qkv.bias)
-        qkv = kernels.nhwc(qkv).reshape(B, H * W, self.num_heads, 3,
+        qkv = nhwc(self.qkv(x)).reshape(B, H * W, self.num_heads, 3,
                                         self.head_dim)
         return qkv.permute(3, 0, 2, 1, 4).unbind(0)
 
@@ -213,29 +194,29 @@ class MultiheadConvAttention(Planned, nn.Module):
         bias = self.position_bias(x.shape[2], x.shape[3], logits.dtype)
         return (logits if bias is None else logits + bias).softmax(-1)
 
-    def forward(self, x, identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None,
-                drop_path: Optional[nn.Module] = None):
-        """``identity + drop_path(gamma * attention(x))`` without the terms
-        that are not given (``identity``: as in :meth:`ConvFFN.forward`)."""
+    def attend(self, x):
+        """The heads' attention output before ``proj``, (B, C, H, W)
+        channels last."""
         B, C, H, W = x.shape
         q, k, v = self.qkv_heads(x)
         bias = self.position_bias(H, W, q.dtype)
-        if self.use.sdpa:
-            p = self.attn_drop.p if self.training else 0.
+        drop = self.attn_drop
+        if self.kernels.sdpa:
+            p = drop.p if drop is not None and self.training else 0.
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=p, scale=self.scale)
         else:
             attn = (q @ k.transpose(-1, -2)) * self.scale
             attn = (attn if bias is None else attn + bias).softmax(-1)
-            out = self.attn_drop(attn) @ v
+            out = (attn if drop is None else drop(attn)) @ v
         # (B, h, N, d) -> (B, H, W, h*d) -> channels-last (B, C, H, W)
-        out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return kernels.project_residual(out, self.proj, self.proj_drop,
-                                        self.use, identity, gamma, drop_path)
+        return out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    def forward(self, x):
+        return self.proj_drop(self.proj(self.attend(x)))
 
 
-class ConvBN(Planned, nn.Module):
+class ConvBN(nn.Module):
     """``proj`` = Sequential(conv3x3 stride 2, BN): the stage downsample."""
 
     def __init__(self, in_channels: int, out_channels: int):
@@ -245,14 +226,16 @@ class ConvBN(Planned, nn.Module):
             nn.BatchNorm2d(out_channels))
 
     def forward(self, x):
-        conv, bn = self.proj
-        if self.use.fold_norm and not bn.training:
-            return kernels.conv_bn_folded(x, conv, bn)  # eval: BN folded
-        return bn(conv(x))
+        return self.proj(x)
 
 
 class ConvStem(Planned, nn.Module):
     """``patch_embed``: four 3x3 convs (strides 2, 1, 2, 1), each -> GELU -> BN.
+
+    With ``kernels.lean_training`` (training) each GELU's output is
+    recomputed in backward instead of stored (:func:`~.kernels.recompute`,
+    the BatchNorm's statistics updated once). Shapes: (B, in_channels, H, W)
+    -> (B, embed_dim, ceil(H / 4), ceil(W / 4)).
     """
 
     def __init__(self, in_channels: int, embed_dim: int):
@@ -271,15 +254,19 @@ class ConvStem(Planned, nn.Module):
 
     def forward(self, x):
         layers = list(self.proj)
-        use = self.use
+        lean = self.kernels.lean_training and self.training and \
+            torch.is_grad_enabled()
         for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
-            if use.inplace and not bn.training and bn.track_running_stats:
-                x = kernels.stem_conv_gelu_bn_(x, conv, bn, use.onednn)
-            elif use.lean_training and kernels.lean_bn(bn):
-                x = kernels.gelu_batch_norm(conv(x), bn)  # GELU not stored
+            x = conv(x)
+            if lean:
+                x = recompute(functools.partial(_act_norm, act, bn), x,
+                              buffers_of=bn)
             else:
-                x = bn(act(conv(x)))
+                x = bn(act(x))
         return x
+
+def _act_norm(act: nn.Module, bn: nn.Module, a: torch.Tensor):
+    return bn(act(a))
 
 
 def parse_arch(arch, arch_zoo: dict, arch_names) -> dict:

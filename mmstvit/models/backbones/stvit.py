@@ -5,8 +5,8 @@ Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023.
 
 This file is the model, written as the paper's maths. How it runs fast is in
 :mod:`.kernels`; which kernels run is the model's plan
-(:class:`~.execution.Kernels`), fixed when it is built and changed only by
-:meth:`STViT.set_kernels`, :func:`~.execution.use_kernels` or
+(:class:`~.kernels.Kernels`), fixed when it is built and changed only by
+:meth:`STViT.set_kernels`, :func:`~.kernels.use_kernels` or
 :meth:`STViT.switch_to_deploy` (see ``docs/architecture.md``). Module and
 parameter names follow the authors' ``models/stvit.py`` so that their
 ImageNet checkpoints load as they are.
@@ -27,6 +27,7 @@ association Q of each pixel with the 3x3 super tokens around its cell,
     (4) X = Q S                                token upsampling
 """
 import contextlib
+import dataclasses
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,19 +37,18 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import ablation, execution, kernels
-from .execution import Kernels
-from .kernels import store_channels_last
-from .modules import (ConvBN, ConvFFN, ConvStem, DropPath, IdentityKernel,
-                      LayerNorm2d, MultiheadConvAttention, Planned, ResDWC,
-                      _pair, check_frozen_stages, parse_arch,
+from . import ablation, deploy, kernels
+from .kernels import Kernels, store_channels_last
+from .modules import (ConvBN, ConvFFN, ConvStem, DropPath, DWConv,
+                      IdentityKernel, LayerNorm2d, MultiheadConvAttention,
+                      Planned, _pair, check_frozen_stages, parse_arch,
                       parse_out_indices, per_stage, pretrained_init_cfg)
 
 __all__ = [
     'STViT', 'STViTStage', 'STViTBlock', 'StokenAttention', 'StokenGrid',
-    'SuperTokenSampling', 'ConvStem', 'ConvFFN', 'ConvBN', 'ResDWC',
-    'MultiheadConvAttention', 'LayerNorm2d', 'DropPath', 'IdentityKernel',
-    'Planned'
+    'SuperTokenSampling', 'FusedStokenAttention', 'ConvStem', 'ConvFFN',
+    'ConvBN', 'DWConv', 'MultiheadConvAttention', 'LayerNorm2d', 'DropPath',
+    'IdentityKernel', 'Planned'
 ]
 
 
@@ -140,7 +140,7 @@ class StokenAttention(Planned, nn.Module):
         H, W = H0 + pad_b, W0 + pad_r
         hh, ww = H // sh, W // sw
         n, P = hh * ww, sh * sw
-        how = self.use.neighbourhoods
+        how = self.kernels.neighbourhoods
 
         # initial grid: the mean of each cell, (B, C, hh, ww) (the authors
         # pool adaptively to (hh, ww): on the padded map the same means, and
@@ -152,11 +152,11 @@ class StokenAttention(Planned, nn.Module):
         with torch.no_grad():
             for it in range(self.n_iter):
                 # (1) Q = softmax(X S^T / sqrt(C)) over the 3x3 neighbours
-                neigh = kernels.neighbours(stokens, how, self.unfold.weights)
+                neigh = kernels.neighbours(stokens, how, self._kernel(self.unfold))
                 assoc = ((pixels @ neigh) * self.scale).softmax(-1)
                 assoc_sum = kernels.scatter_to_neighbours(
                     assoc.sum(2).unsqueeze(-2), hh, ww, how,
-                    self.fold.weights)  # (B, 1, hh, ww)
+                    self._kernel(self.fold))  # (B, 1, hh, ww)
                 if it < self.n_iter - 1:
                     stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
         stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
@@ -168,49 +168,80 @@ class StokenAttention(Planned, nn.Module):
         # (B, n, C, 9): what each cell's pixels send to its 9 neighbours
         sent = pixels.transpose(-1, -2) @ assoc
         return kernels.scatter_to_neighbours(
-            sent, hh, ww, self.use.neighbourhoods,
-            self.fold.weights) / (assoc_sum + 1e-12)
+            sent, hh, ww, self.kernels.neighbourhoods,
+            self._kernel(self.fold)) / (assoc_sum + 1e-12)
 
     # -- equation (4): token upsampling --------------------------------------
     def upsample(self, assoc: torch.Tensor, stokens: torch.Tensor,
-                 grid: StokenGrid, identity: Optional[torch.Tensor] = None,
-                 drop_path: Optional[nn.Module] = None) -> torch.Tensor:
-        """``identity + drop_path(Q S)``, cropped to the input size, without
-        the terms that are not given (``identity``: as in
-        :meth:`ConvFFN.forward`)."""
-        how = self.use.neighbourhoods
-        if self.use.inplace and identity is not None and not grid.padded:
-            return kernels.upsample_add_(identity, assoc, stokens,
-                                         self.stoken_size, grid.hh, grid.ww,
-                                         how)
+                 grid: StokenGrid) -> torch.Tensor:
+        """X = Q S, cropped to the input size."""
         out = kernels.upsample(assoc, stokens, self.stoken_size, grid.hh,
-                               grid.ww, how, self.fold.weights)
+                               grid.ww, self.kernels.neighbourhoods,
+                               self._kernel(self.fold))
         if grid.padded:
             out = out[:, :, :grid.H0, :grid.W0]
-        if drop_path is not None:
-            out = drop_path(out)
-        return out if identity is None else identity + out
+        return out
 
-    def forward(self, x: torch.Tensor, identity: Optional[torch.Tensor] = None,
-                gamma: Optional[torch.Tensor] = None,
-                drop_path: Optional[nn.Module] = None) -> torch.Tensor:
-        """``identity + drop_path(gamma * STA(x))`` without the terms that are
-        not given (``identity``: as in :meth:`ConvFFN.forward`)."""
-        if not self.uses_super_tokens:
-            return self.stoken_refine(x, identity, gamma, drop_path)
+    def sample_and_refine(self, x: torch.Tensor):
+        """Equations (1)-(3): ``(assoc, stokens, grid)``, the association
+        and the refined super tokens in the dtype of ``x`` (sampling in
+        float32)."""
         with torch.autocast(x.device.type, enabled=False):
             sampling = self.associate(x.float())  # (1) and (2)
-        # (3); layer scale is per channel: it commutes with the upsampling
-        stokens = self.stoken_refine(sampling.stokens.to(x.dtype),
-                                     gamma=gamma)
-        assoc = sampling.assoc.to(stokens.dtype)
-        return self.upsample(assoc, stokens, sampling.grid, identity,
-                             drop_path)  # (4)
+        stokens = self.stoken_refine(sampling.stokens.to(x.dtype))  # (3)
+        return sampling.assoc.to(stokens.dtype), stokens, sampling.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """STA(x): (B, C, H, W) -> (B, C, H, W)."""
+        if not self.uses_super_tokens:
+            return self.stoken_refine(x)
+        assoc, stokens, grid = self.sample_and_refine(x)
+        return self.upsample(assoc, stokens, grid)  # (4)
+
+    @staticmethod
+    def _kernel(holder: Optional[IdentityKernel]):
+        return None if holder is None else holder.weights
+
+
+class FusedStokenAttention(StokenAttention):
+    """Super token attention for inference (:meth:`STViT.switch_to_deploy`):
+    ``acc + gamma * STA(x)`` with layer scale folded into
+    ``stoken_refine.proj`` (per channel, it commutes with the upsampling),
+    the upsampled map added into ``acc`` in place where
+    ``kernels.inplace``; the identity kernels are kept only for the
+    ``'conv'`` neighbourhoods."""
+
+    def __init__(self, trained: StokenAttention,
+                 gamma: Optional[torch.Tensor]):
+        nn.Module.__init__(self)
+        for name in ('dim', 'stoken_size', 'n_iter', 'scale', 'kernels'):
+            setattr(self, name, getattr(trained, name))
+        conv = trained.kernels.neighbourhoods == 'conv'
+        self.unfold = trained.unfold if conv else None
+        self.fold = trained.fold if conv else None
+        self.stoken_refine = deploy.FusedMultiheadConvAttention(
+            trained.stoken_refine, gamma)
+
+    def forward(self, x, acc):
+        if not self.uses_super_tokens:
+            return self.stoken_refine(x, acc)
+        assoc, stokens, grid = self.sample_and_refine(x)
+        if self.kernels.inplace and not grid.padded:
+            return kernels.upsample_add_(acc, assoc, stokens,
+                                         self.stoken_size, grid.hh, grid.ww,
+                                         self.kernels.neighbourhoods)
+        return acc + self.upsample(assoc, stokens, grid)
 
 
 class STViTBlock(nn.Module):
-    """CPE -> LN -> super token attention -> BN -> ConvFFN, with residuals
-    (``pos_embed``, ``ffn``, ``rel_pos_grid``: :mod:`.ablation`)."""
+    """CPE -> LN -> super token attention -> BN -> ConvFFN, with residuals,
+    as the paper writes it (``pos_embed``, ``ffn``, ``rel_pos_grid``:
+    :mod:`.ablation`). The block owns the residuals, the layer scale
+    (``gamma_1``, ``gamma_2``) and the drop path; its branches map
+    (B, dim, H, W) to (B, dim, H, W). :meth:`switch_to_deploy` rewrites it
+    for inference once (RepVGG's ``deploy`` flag)."""
+
+    deploy = False
 
     def __init__(self, dim: int, num_heads: int, stoken_size, n_iter: int = 1,
                  mlp_ratio: float = 4., qkv_bias: bool = True,
@@ -220,8 +251,7 @@ class STViTBlock(nn.Module):
                  pos_embed: Optional[str] = 'cpe', ffn: str = 'conv',
                  rel_pos_grid=None):
         super().__init__()
-        self.pos_embed = ResDWC(dim, 3) if pos_embed == 'cpe' else \
-            nn.Identity()
+        self.pos_embed = DWConv(dim, 3) if pos_embed == 'cpe' else None
         self.norm1 = LayerNorm2d(dim)
         self.attn = StokenAttention(
             dim, stoken_size, n_iter=n_iter, num_heads=num_heads,
@@ -238,14 +268,40 @@ class STViTBlock(nn.Module):
             self.gamma_2 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
 
     def forward(self, x):
-        x = self.pos_embed(x)  # x + DWConv(x) (CPE)
+        if self.deploy:
+            return self.forward_deploy(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)  # CPE
+        x = x + self.drop_path(self.scaled(1, self.attn(self.norm1(x))))
+        x = x + self.drop_path(self.scaled(2, self.mlp2(self.norm2(x))))
+        return x
+
+    def scaled(self, i: int, y: torch.Tensor) -> torch.Tensor:
+        """``gamma_i * y`` (layer scale), or ``y``."""
+        return getattr(self, f'gamma_{i}') * y if self.layer_scale else y
+
+    def forward_deploy(self, x):
+        """The three residual lines after :meth:`switch_to_deploy`, each sum
+        accumulated into ``x`` (in place where ``kernels.inplace``)."""
+        if self.pos_embed is not None:
+            x = self.pos_embed(x)  # x + DWConv(x) as one convolution
+        x = self.attn(self.norm1(x), x)  # x + gamma_1 * STA(LN(x))
+        return self.mlp2(x, x)  # x + gamma_2 * ConvFFN(BN(x)), BN folded
+
+    def switch_to_deploy(self) -> None:
+        """Replaces the CPE, ``attn`` and ``norm2``/``mlp2`` by fused
+        modules (:mod:`.deploy`), deleting the folded ones (``norm2``,
+        ``gamma_*``, ``drop_path``); eval mode only."""
         g1, g2 = (self.gamma_1, self.gamma_2) if self.layer_scale else \
             (None, None)
-        dp = self.drop_path if self.training and \
-            isinstance(self.drop_path, DropPath) else None
-        # x + drop_path(gamma * branch(x)), each branch adding its residual
-        x = self.attn(self.norm1(x), identity=x, gamma=g1, drop_path=dp)
-        return self.mlp2(x, bn=self.norm2, identity=x, gamma=g2, drop_path=dp)
+        self.pos_embed = deploy.fuse_cpe(self.pos_embed)
+        self.attn = FusedStokenAttention(self.attn, g1)
+        self.mlp2 = deploy.FusedConvFFN(self.norm2, self.mlp2, g2)
+        del self.norm2, self.drop_path
+        if self.layer_scale:
+            del self.gamma_1, self.gamma_2
+            self.layer_scale = False
+        self.deploy = True
 
 
 class STViTStage(nn.Module):
@@ -346,7 +402,7 @@ class STViT(Planned, BaseModule):
             components the paper's ablation varies (:mod:`.ablation`); the
             defaults, ``'conv'``, ``'cpe'``, ``'conv'``, 224, None, are STViT.
         kernels (str | Kernels): The kernel plan: ``'fast'`` (default),
-            ``'plain'`` or ``'reference'`` (:mod:`.execution`). Fixed here;
+            ``'plain'`` or ``'reference'`` (:mod:`.kernels`). Fixed here;
             change it with :meth:`set_kernels` or :meth:`switch_to_deploy`.
         pretrained (str, optional): Deprecated, use ``init_cfg``.
         init_cfg (dict, optional): ``dict(type='Pretrained',
@@ -450,12 +506,12 @@ class STViT(Planned, BaseModule):
                     dims[i + 1] if i < num_stages - 1 else None, block_cfg,
                     dpr[start:start + depths[i]], with_cp=with_cp))
             start += depths[i]
-        self.set_kernels(kernels)
         self._freeze_stages()
         if channels_last:
             store_channels_last(self)
         # load_state_dict(assign=True) puts the file's tensors in place
         self.register_load_state_dict_post_hook(_after_load)
+        self.set_kernels(kernels)
 
     # -- training-mode behaviour --------------------------------------------
     def _frozen_modules(self):
@@ -472,7 +528,7 @@ class STViT(Planned, BaseModule):
                 p.requires_grad = False
 
     def train(self, mode: bool = True):
-        if mode and self.use.inference_only:
+        if mode and self.deployed:
             raise RuntimeError(
                 'STViT: this backbone was switched to deploy (inference '
                 'only); build it again (and load its weights) to train it')
@@ -485,44 +541,82 @@ class STViT(Planned, BaseModule):
         return self
 
     # -- the kernel plan -----------------------------------------------------
-    @property
-    def kernels(self) -> Kernels:
-        """The kernel plan the model runs (:class:`~.execution.Kernels`)."""
-        return self.use
-
     def set_kernels(self, plan: Union[str, Kernels]) -> 'STViT':
         """Runs the whole backbone with ``plan`` from now on: ``'fast'``,
-        ``'plain'``, ``'reference'`` or a :class:`~.execution.Kernels`
-        (``ValueError`` otherwise). Returns ``self``."""
-        plan = execution.resolve(plan)
-        for m in self.modules():
-            if isinstance(m, Planned):
-                m.use = plan
+        ``'plain'``, ``'reference'`` or a :class:`~.kernels.Kernels`
+        (``ValueError`` otherwise); an inference-only plan (``inplace``,
+        ``onednn``) switches to deploy (:meth:`switch_to_deploy`). A
+        deployed backbone keeps its plan (``RuntimeError``: build it again).
+        Returns ``self``."""
+        plan = kernels.resolve(plan)
+        if self.deployed:
+            if plan != self.kernels:
+                raise RuntimeError(
+                    'STViT: a deployed backbone keeps its kernels; build it '
+                    f'again to run {plan}')
+            return self
+        if plan.inference_only:
+            return self.switch_to_deploy(plan)
+        self._set_plan(plan)
         return self
 
-    def switch_to_deploy(self) -> 'STViT':
-        """Makes the backbone inference-only (mmpretrain's
-        ``switch_to_deploy`` idiom): eval mode, no parameter requires a
-        gradient, residual sums accumulated in place and, while the
-        parameters are float32 on a CPU, oneDNN convolutions with GELU as a
-        post-op (decided now and again when the model moves: ``.to``,
-        ``.half()``, ``.cuda()``). Outputs equal the ``fast`` plan's within
-        float rounding. ``train()`` then raises: build the model again to
-        train it. Returns ``self``."""
+    def _set_plan(self, plan: Kernels) -> None:
+        for m in self.modules():
+            if isinstance(m, Planned):
+                m.kernels = plan
+
+    @property
+    def deployed(self) -> bool:
+        """True after :meth:`switch_to_deploy` (inference only)."""
+        return self.kernels.inference_only
+
+    def switch_to_deploy(self, plan: Optional[Kernels] = None) -> 'STViT':
+        """Rewrites the backbone for inference once (mmpretrain's
+        ``switch_to_deploy``, timm's ``reparameterize``): fused modules
+        (:mod:`.deploy`: BatchNorm, layer scale and the CPE's residual
+        folded into convolutions, residual sums accumulated in place, and,
+        while the parameters are float32 on a CPU, oneDNN convolutions with
+        GELU or the sum as a post-op, decided now and again when the model
+        moves: ``.to``, ``.half()``) replace the trained ones, which are
+        deleted; eval mode, no gradients. ``plan``: the deploy plan
+        (default ``kernels.deploy_plan`` for this model). Outputs equal the
+        ``fast`` plan's in eval within float rounding. ``train()`` then
+        raises: build the model again to train it. Returns ``self``."""
+        if self.deployed:
+            return self
+        if plan is None:
+            plan = kernels.deploy_plan(True)
+        self._deploy_onednn = plan.onednn  # asked for; served while it can
+        plan = dataclasses.replace(
+            plan, onednn=plan.onednn and kernels.onednn_serves(self))
+        if not plan.inference_only:
+            raise ValueError(f'STViT.switch_to_deploy: {plan} is not an '
+                             'inference plan (kernels.deploy_plan)')
         self.eval()
         self.requires_grad_(False)
-        return self.set_kernels(
-            execution.deploy_plan(execution.onednn_serves(self)))
+        self.patch_embed = deploy.fuse_stem(self.patch_embed)
+        for stage in self.layers:
+            for blk in stage.blocks:
+                blk.switch_to_deploy()
+            if stage.downsample is not None:
+                stage.downsample = deploy.fuse_conv_bn(stage.downsample)
+        self._set_plan(plan)
+        if self.channels_last:
+            store_channels_last(self)
+        return self
 
     def _redeploy(self) -> None:
-        if self.use.inference_only:
-            self.set_kernels(
-                execution.deploy_plan(execution.onednn_serves(self)))
+        if self.deployed:
+            self._set_plan(kernels.deploy_plan(
+                self._deploy_onednn and kernels.onednn_serves(self)))
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         self._redeploy()  # a moved or cast deployed model: its kernels
         return self
+
+    def extra_repr(self) -> str:
+        return f'arch={self.arch!r}, kernels={self.kernels}'
 
     def init_weights(self):
         """``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an
@@ -564,7 +658,7 @@ class STViT(Planned, BaseModule):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'STViT got an empty image of size '
                              f'{x.shape[2]}x{x.shape[3]}')
-        if self.use.inference_only and torch.is_grad_enabled() and \
+        if self.deployed and torch.is_grad_enabled() and \
                 x.requires_grad:
             raise RuntimeError(
                 'STViT: a deployed backbone computes no gradients; build it '
@@ -573,7 +667,7 @@ class STViT(Planned, BaseModule):
             x = x.contiguous(memory_format=torch.channels_last)
         # oneDNN's kernels run float32: autocast does not apply to them
         with torch.autocast(x.device.type, enabled=False) if \
-                self.use.onednn else contextlib.nullcontext():
+                self.kernels.onednn else contextlib.nullcontext():
             x = self.pos_drop(self.ape(self.patch_embed(x)))
             outs = []
             for i, stage in enumerate(self.layers):
