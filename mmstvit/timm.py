@@ -279,7 +279,8 @@ def load_weights(model: STViTClassifier, state_dict: Dict[str, torch.Tensor],
                  source: str = 'the state dict') -> None:
     """Loads official / mm / timm keys into ``model``: the first conv is
     adapted to ``in_chans`` (timm's ``adapt_input_conv``), the classifier
-    is left out when ``num_classes`` is not the file's; anything else
+    is left out when ``num_classes`` is not the file's (the whole head when
+    the model was pruned to a feature extractor); anything else
     missing, unexpected or of another shape raises
     ``CheckpointMismatchError`` naming the keys."""
     sd = checkpoint_filter_fn(state_dict, model)
@@ -288,10 +289,14 @@ def load_weights(model: STViTClassifier, state_dict: Dict[str, torch.Tensor],
         sd[first] = adapt_input_conv(model.in_chans, sd[first])
     fc = sd.get('head.fc.weight')
     skip = set()
-    if fc is not None and (model.num_classes != fc.shape[0]):
+    if model.head is None:  # a feature extractor: the file's head unused
+        skip = {k for k in sd if k.startswith('head.')}
+    elif fc is not None and (model.num_classes != fc.shape[0]):
         skip = {'head.fc.weight', 'head.fc.bias'}
-    sd = {k: v for k, v in sd.items() if k not in skip}
     own = model.state_dict()
+    # BatchNorm counters of the file that a frozen BatchNorm has no place for
+    skip |= {k for k in sd if k not in own and k.endswith(NOT_WEIGHTS)}
+    sd = {k: v for k, v in sd.items() if k not in skip}
     missing = [k for k in own if k not in sd and k not in skip
                and not k.endswith(NOT_WEIGHTS)]
     unexpected = [k for k in sd if k not in own]

@@ -278,6 +278,11 @@ def test_pretrained_adapts_classes_and_channels(tmp_path):
     assert torch.equal(got['head.proj.weight'], sd['head.proj.weight'])
     first = 'backbone.patch_embed.proj.0.weight'
     assert torch.allclose(got[first], sd[first].sum(1, keepdim=True))
+    in_memory = timm.create_model(  # timm's own loader, the same filter
+        'stvit_small', pretrained=True,
+        pretrained_cfg_overlay=dict(state_dict=official_names(sd)))
+    assert all(torch.equal(v, sd[k])
+               for k, v in in_memory.state_dict().items())
     headless = timm.create_model('stvit_small', pretrained=True,
                                  num_classes=0, pretrained_cfg_overlay=overlay)
     assert isinstance(headless.get_classifier(), torch.nn.Identity)

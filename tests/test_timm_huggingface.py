@@ -83,6 +83,43 @@ def test_detr_trains_a_step_with_stvit():
     assert logits.shape == (1, 8, 4) and torch.isfinite(logits).all()
 
 
+def test_official_weights_reach_the_hf_models(tmp_path):
+    """An official-format .pth: TimmBackbone loads it through timm
+    (use_pretrained_backbone=True, the file as a timm keyword); DETR's
+    constructor re-initialises its timm backbone (as for timm's own
+    models), so the file is loaded into the built detector's backbone."""
+    import argparse
+
+    import timm
+    from transformers import AutoBackbone, TimmBackboneConfig
+    src = timm.create_model('stvit_small')
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01)
+    official = {re.sub(r'^head\.fc\.', 'head.',
+                       re.sub(r'^head\.(proj|norm)\.', r'\1.',
+                              re.sub(r'^backbone\.', '', k))): v.contiguous()
+                for k, v in src.state_dict().items()}
+    path = str(tmp_path / 'stvit-small-224.pth')
+    torch.save(dict(model=official, epoch=299,
+                    args=argparse.Namespace(model='stvit_small')), path)
+    expected = src.backbone.state_dict()
+
+    backbone = AutoBackbone.from_config(
+        TimmBackboneConfig(backbone='stvit_small', out_indices=(1, 2, 3),
+                           use_pretrained_backbone=True),
+        pretrained_cfg_overlay=dict(file=path))
+    got = backbone._backbone.model.backbone.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+    model = detr()
+    stvit = model.model.backbone.conv_encoder.model.model
+    stvit.load_pretrained(path)
+    got = stvit.backbone.state_dict()  # DETR's frozen BatchNorms included
+    assert sum(torch.equal(got[k], v) for k, v in expected.items()
+               if k in got) == len(got) > 0
+
+
 def test_without_the_import_transformers_names_the_missing_model():
     """The documented failure: TimmBackbone looks the name up in timm's
     registry, which only ``import mmstvit.timm`` fills."""
