@@ -146,6 +146,7 @@ SETUP = dict(
     extras_require={
         'mim': parse_requirements('mminstall.txt'),
         'tests': parse_requirements('tests.txt'),
+        'timm': parse_requirements('timm.txt'),
     },
     entry_points={'console_scripts': ['mmstvit = mmstvit.__main__:main']},
     cmdclass={'build_py': BuildPy, 'develop': Develop},
