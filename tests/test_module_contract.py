@@ -143,10 +143,11 @@ def test_lora_changes_output_trains_and_merges():
 
 
 def test_lora_on_the_layers_lean_training_recomputes():
-    """LoRA on the FFN's depthwise conv and the stem's convs
-    (what the lean kernels recompute in backward): the fast plan's training
+    """LoRA on the stem's convs (whose GELU -> BatchNorm the lean kernels
+    recompute in backward): the fast plan's training
     step computes the plain plan's outputs and LoRA gradients."""
-    targets = r'.*(mlp2\.conv\.conv|patch_embed\.proj\.(0|3|6|9))'
+    # (peft's LoRA takes no depthwise conv: its rank must divide groups)
+    targets = r'.*patch_embed\.proj\.(0|3|6|9)'
     x = torch.randn(2, 3, 40, 36)
     results = []
     for plan in ('fast', 'plain'):
@@ -157,7 +158,7 @@ def test_lora_on_the_layers_lean_training_recomputes():
                  if 'lora_' in n}
         results.append((outs, grads))
     (f_out, f_grad), (p_out, p_grad) = results
-    assert len(f_grad) >= 2 * (5 + 4) and f_grad.keys() == p_grad.keys()
+    assert len(f_grad) == 2 * 4 and f_grad.keys() == p_grad.keys()
     for u, v in zip(f_out, p_out):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
     for n in f_grad:

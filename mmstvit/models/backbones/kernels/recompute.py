@@ -47,12 +47,9 @@ def recompute(fn, x: torch.Tensor, buffers_of: nn.Module = None,
     statistics) the recomputation must leave as the forward left them.
     ``random``: ``fn`` draws random numbers (dropout) and must draw the same
     ones again. Autocast is recomputed as it was in the forward."""
-    context_fn = keep_buffers_on_recompute(buffers_of) if \
-        buffers_of is not None else _no_context
+    if buffers_of is None:  # the default context (torch.compile takes it)
+        return torch.utils.checkpoint.checkpoint(
+            fn, x, use_reentrant=False, preserve_rng_state=random)
     return torch.utils.checkpoint.checkpoint(
-        fn, x, use_reentrant=False, context_fn=context_fn,
-        preserve_rng_state=random)
-
-
-def _no_context():
-    return contextlib.nullcontext(), contextlib.nullcontext()
+        fn, x, use_reentrant=False, preserve_rng_state=random,
+        context_fn=keep_buffers_on_recompute(buffers_of))
