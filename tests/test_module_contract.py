@@ -208,12 +208,15 @@ def test_lora_trains_the_toy_upernet():
                         for _ in range(2)], data_samples=samples)
     grads = {}
     for n, p in model.named_parameters():
-        p.register_hook(lambda g, n=n: grads.__setitem__(n, g))
+        if p.requires_grad:  # a frozen tensor takes no hook
+            p.register_hook(lambda g, n=n: grads.__setitem__(n, g))
     wrapper = OptimWrapper(torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.1))
     losses = model.train_step(data, wrapper)
     assert torch.isfinite(losses['loss'])
     assert set(grads) == set(trainable)
+    assert all(p.grad is None for n, p in model.named_parameters()
+               if n not in trainable)
     after = dict(model.named_parameters())
     assert all(not torch.equal(after[n], v) for n, v in trainable.items())
 
