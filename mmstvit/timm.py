@@ -42,11 +42,9 @@ from mmstvit.models import STViT
 # mmpretrain's registry: a circular import in the hook)
 from mmstvit.models.heads import STViTClsHead
 # The project's one reader of weights files (weights-only, allow-list).
-from mmstvit.utils.checkpoint import (OFFICIAL_WEIGHTS_HELP,
-                                      CheckpointMismatchError,
-                                      extract_state_dict,
-                                      load_checkpoint_file)
-from mmstvit.utils.convert import convert_official_state_dict
+from mmstvit.weights import (OFFICIAL_WEIGHTS_HELP, CheckpointMismatchError,
+                             convert_official_state_dict, extract_state_dict,
+                             load_checkpoint_file)
 
 __all__ = ['STViTClassifier', 'checkpoint_filter_fn', 'read_weights',
            'stvit_small', 'stvit_base', 'stvit_large']

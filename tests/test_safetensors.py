@@ -347,9 +347,11 @@ def test_import_mmstvit_does_not_import_safetensors():
 def test_old_import_paths_warn_and_give_the_same_objects():
     import mmstvit.weights as w
     import mmstvit.weights.official_model as om
-    for name in ('mmstvit.utils.checkpoint', 'mmstvit.utils.convert',
-                 'mmstvit.utils.official'):
-        sys.modules.pop(name, None)
+    import mmstvit.utils
+    # a fresh import each time: out of sys.modules and off the package
+    for name in ('checkpoint', 'convert', 'official'):
+        sys.modules.pop(f'mmstvit.utils.{name}', None)
+        mmstvit.utils.__dict__.pop(name, None)
     with pytest.warns(DeprecationWarning, match='mmstvit.weights'):
         from mmstvit.utils import checkpoint as ck
     assert ck.load_checkpoint_file is w.load_checkpoint_file
