@@ -434,6 +434,9 @@ def test_train_amp_on_cpu_then_resume(amp_case, name, dtype):
         '--cfg-options', f'optim_wrapper.dtype={dtype}']
     out = train(root, name, work, *extra)
     assert f'mixed precision on the CPU: torch.{dtype} autocast' in out
+    # the log names what the run trains with (kernels.describe_run)
+    assert f'STViT kernels: 1 backbone(s) train on cpu in {dtype} ' \
+        'autocast with the plan' in out
     probe = json.loads((work / 'amp_probe.json').read_text())
     assert probe['wrapper'] == 'DeviceAmpOptimWrapper'
     assert probe['cast_dtype'] == f'torch.{dtype}'

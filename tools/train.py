@@ -33,6 +33,7 @@ from mmstvit.cli import (amp, dist, load_from, preflight,  # noqa: E402
 from mmstvit.cli.errors import ToolError, exit_with  # noqa: E402
 from mmstvit.data.errors import DataLoadError  # noqa: E402
 from mmstvit.engine import errors, guards, resume  # noqa: E402
+from mmstvit.models.backbones.kernels import describe_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -202,6 +203,8 @@ def run(argv=None):
     dist.setup_cpu_distributed(cfg, args.launcher)
 
     runner = run_config.build_runner(cfg)
+    # which device, precision and STViT kernels this run trains with
+    runner.logger.info(describe_run(runner.model, cfg.get('optim_wrapper')))
     try:
         runner.train()
     except OSError as e:  # a full disk, a vanished work dir: a message
