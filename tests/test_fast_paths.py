@@ -357,15 +357,17 @@ def test_lean_functions_save_less():
 
 
 # ---------------------------------------------------------- torch.compile --
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_torch_compile_matches_eager(with_cp):
     """torch.compile captures the whole forward as one graph (no graph
     breaks, no host syncs) and gives the eager outputs in eval and the eager
-    gradients in training. The 'aot_eager' backend runs dynamo and
-    AOTAutograd without inductor's C++ code generation, which takes many
-    minutes on a 2-core CPU."""
+    gradients and BatchNorm statistics in training, with the lean stem's
+    and ``with_cp``'s recomputation (a checkpoint that dynamo traces). The
+    'aot_eager' backend runs dynamo and AOTAutograd without inductor's C++
+    code generation, which takes many minutes on a 2-core CPU."""
     import torch._dynamo
     torch._dynamo.reset()
-    model = tiny().eval()
+    model = tiny(with_cp=with_cp).eval()
     x = torch.randn(1, 3, 64, 48)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     with torch.no_grad():
@@ -417,7 +419,7 @@ def test_torch_compile_keeps_neighbourhoods_opaque():
     slices inductor would fuse into generated C++ (that code generation
     ran for more than 20 minutes for STViT-S on 2 cores)."""
     import torch._dynamo
-    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._dynamo.backends.debugging import aot_eager
     torch._dynamo.reset()
     graphs = []
 
@@ -428,9 +430,11 @@ def test_torch_compile_keeps_neighbourhoods_opaque():
         return compiler
 
     def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs,
-                                     fw_compiler=record('forward'),
-                                     bw_compiler=record('backward'))
+        # the 'aot_eager' backend (AOTAutograd as torch.compile runs it:
+        # inductor's partitioner, buffer updates kept in the graph) with
+        # compilers that record the graphs
+        return aot_eager(gm, example_inputs, fw_compiler=record('forward'),
+                         bw_compiler=record('backward'))
 
     model = tiny().train()
     # 64x64: every stage's map is a multiple of its super token size, so

@@ -254,11 +254,8 @@ class ConvStem(Planned, nn.Module):
 
     def forward(self, x):
         layers = list(self.proj)
-        # torch.compile traces no checkpoint with a context_fn (the one that
-        # keeps the BatchNorm statistics); its AOTAutograd partitioner
-        # chooses what to recompute (GELU, pointwise) by itself
         lean = self.kernels.lean_training and self.training and \
-            torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            torch.is_grad_enabled()
         for conv, act, bn in zip(layers[0::3], layers[1::3], layers[2::3]):
             x = conv(x)
             if lean:

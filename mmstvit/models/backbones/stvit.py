@@ -33,7 +33,6 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -329,9 +328,7 @@ class STViTStage(nn.Module):
     def forward(self, x):
         for blk in self.blocks:
             if self.with_cp and self.training and torch.is_grad_enabled():
-                x = cp.checkpoint(
-                    blk, x, use_reentrant=False,
-                    context_fn=kernels.keep_buffers_on_recompute(blk))
+                x = kernels.recompute(blk, x, buffers_of=blk, random=True)
             else:
                 x = blk(x)
         return x

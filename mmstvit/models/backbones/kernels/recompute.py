@@ -46,8 +46,13 @@ def recompute(fn, x: torch.Tensor, buffers_of: nn.Module = None,
     recomputation). ``buffers_of``: a module whose buffers (BatchNorm
     statistics) the recomputation must leave as the forward left them.
     ``random``: ``fn`` draws random numbers (dropout) and must draw the same
-    ones again. Autocast is recomputed as it was in the forward."""
-    if buffers_of is None:  # the default context (torch.compile takes it)
+    ones again. Autocast is recomputed as it was in the forward.
+
+    Under ``torch.compile`` the default context is taken: dynamo traces no
+    ``context_fn``, and its checkpoint operator applies the buffers' updates
+    once, from the forward (tests/test_fast_paths.py compares the BatchNorm
+    statistics with eager's)."""
+    if buffers_of is None or torch.compiler.is_compiling():
         return torch.utils.checkpoint.checkpoint(
             fn, x, use_reentrant=False, preserve_rng_state=random)
     return torch.utils.checkpoint.checkpoint(
