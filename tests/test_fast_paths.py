@@ -290,6 +290,27 @@ def test_deploy_kernels_with_and_without_onednn(onednn):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
 
 
+def test_deploy_keeps_a_chosen_neighbourhood_kernel_across_moves():
+    """A deploy plan with the authors' identity-kernel neighbourhoods (what
+    fast_paths.py times) keeps its kernels when deployed and when the
+    model is cast or moved: the same outputs as before the deploy."""
+    model = tiny(stoken_size=(8, 4, 1, 1)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    plan = kernels.Kernels(neighbourhoods='conv', sdpa=True,
+                           lean_training=False, inplace=True, onednn=False)
+    with torch.no_grad():
+        ref = model(x)
+        model.set_kernels(plan)
+        assert model.kernels == plan
+        outs = model(x)
+        model.double()
+        assert model.kernels.neighbourhoods == 'conv'
+        cast = model(x.double())
+    for u, v, w in zip(outs, ref, cast):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(w.float(), v, atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------- memory-lean training --
 def test_lean_training_runs_the_modules_and_their_wrappers():
     """The memory-lean ConvFFN and stem recompute through the modules

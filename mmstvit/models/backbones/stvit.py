@@ -591,6 +591,7 @@ class STViT(Planned, BaseModule):
                              'inference plan (kernels.deploy_plan)')
         self.eval()
         self.requires_grad_(False)
+        self._set_plan(plan)  # what the fused modules keep (identity kernels)
         self.patch_embed = deploy.fuse_stem(self.patch_embed)
         for stage in self.layers:
             for blk in stage.blocks:
@@ -603,9 +604,10 @@ class STViT(Planned, BaseModule):
         return self
 
     def _redeploy(self) -> None:
-        if self.deployed:
-            self._set_plan(kernels.deploy_plan(
-                self._deploy_onednn and kernels.onednn_serves(self)))
+        if self.deployed:  # the same plan; oneDNN where it serves now
+            self._set_plan(dataclasses.replace(
+                self.kernels,
+                onednn=self._deploy_onednn and kernels.onednn_serves(self)))
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
