@@ -31,7 +31,6 @@ from mmstvit.weights import load_checkpoint_file
 from helpers import REPO
 from test_tools import (CLS_CFG, DET_CFG, SCRATCH, TINY_ARCH,
                         _mmpretrain_ready, assert_clean_exit, run)
-from test_tools import keep_local_rank, seg_case, train_tool  # noqa: F401
 
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 

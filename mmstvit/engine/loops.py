@@ -460,4 +460,3 @@ def loop_type_for(train_cfg) -> Optional[str]:
                 ResumableEpochBasedTrainLoop.__name__):
         return ResumableEpochBasedTrainLoop.__name__
     return None
-
