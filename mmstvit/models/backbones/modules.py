@@ -5,7 +5,7 @@ self-attention over super tokens, with the authors' module and parameter
 names. Every layer is called as its module; the modules that compute in more
 than one way read the model's kernel plan ``self.kernels``
 (:class:`Planned`). The residuals, layer scale and drop path are the
-block's (:class:`~.stvit.STViTBlock`).
+block's (:class:`~.stages.STViTBlock`).
 """
 import copy
 import functools
