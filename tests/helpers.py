@@ -1,12 +1,14 @@
 # Copyright (c) mmstvit contributors. Licensed under the Apache License 2.0.
 """What several test files need: the repository root, a free local port
-for the distributed runs, the tools' scripts loaded as modules, and a tiny
-mmseg training case (config and four images) on a 4-stage STViT.
+for the distributed runs, the tools' scripts loaded as modules, and tiny
+mmseg and mmpretrain cases (a config and four images each) on a 4-stage
+STViT.
 
 pytest puts this folder on ``sys.path`` (the tests are not a package), so
 a test file says ``from helpers import REPO, free_port, load_script``.
 """
 import importlib.util
+import os
 import os.path as osp
 import socket
 
@@ -24,6 +26,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def run_in(folder, fn, *args):
+    """``fn(*args)`` with ``folder`` as the working directory (the tools
+    read configs relative to the repository root), the old one back after."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(cwd)
 
 
 def load_script(relpath: str, name: str = None):
@@ -126,3 +139,64 @@ def write_seg_case(root):
         SEG_CFG.replace('ARCH', repr(TINY_ARCH)).replace(
             "'DATA'", repr(str(root / 'data'))))
     return cfg
+
+
+# mmpretrain's ImageClassifier over TINY_ARCH (the text ``ARCH``) with
+# STViTClsHead, on the class folders under ``'DATA'``; a test file appends
+# its loaders, loops and hooks.
+CLS_MODEL_CFG = """
+default_scope = 'mmpretrain'
+custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='STViT', arch=ARCH, stoken_size=[4, 2, 1, 1],
+                  out_indices=(3, ), drop_path_rate=0.),
+    head=dict(type='STViTClsHead', num_classes=2, in_channels=64,
+              loss=dict(type='CrossEntropyLoss')))
+data_preprocessor = dict(num_classes=2, mean=[123.675, 116.28, 103.53],
+                         std=[58.395, 57.12, 57.375], to_rgb=True)
+pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32),
+            dict(type='PackInputs')]
+dataset = dict(type='CustomDataset', data_root='DATA', pipeline=pipeline)
+"""
+
+
+def write_cls_case(root, cfg_text: str, arch: dict = TINY_ARCH):
+    """Two class folders (``a``, ``b``) of two random 40x40 images under
+    ``root/data`` and ``root/tiny_cls.py`` (``cfg_text`` over them, with
+    ``arch``); returns the config's path."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ('a', 'b'):
+        (root / 'data' / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
+                root / 'data' / c / f'{i}.png')
+    cfg = root / 'tiny_cls.py'
+    cfg.write_text(cfg_text.replace('ARCH', repr(arch)).replace(
+        "'DATA'", repr(str(root / 'data'))))
+    return cfg
+
+
+# The toy COCO data (``python -m mmstvit make_toy_data``) for a Mask R-CNN
+# config: classes, pipeline, loaders and evaluators; ``{root}`` is the
+# folder of the data (``str.format`` or ``replace`` fills it).
+TOY_COCO_DET_DATA = """metainfo = dict(classes=('circle', 'rectangle', 'triangle'))
+pipe = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='PackDetInputs')]
+data = dict(data_root='{root}/', metainfo=metainfo, pipeline=pipe)
+train_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(ann_file='annotations/instances_train.json',
+                 data_prefix=dict(img='train/'), **data))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(ann_file='annotations/instances_val.json',
+                 data_prefix=dict(img='val/'), **data))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file='{root}/annotations/instances_val.json')
+test_evaluator = val_evaluator
+"""

@@ -27,7 +27,8 @@ from mmstvit.cli import load_from, pretrained, run_config
 from mmstvit.cli.errors import ToolError
 from mmstvit.weights import load_checkpoint_file
 
-from helpers import REPO, TINY_ARCH, free_port, load_script
+from helpers import (CLS_MODEL_CFG, REPO, TINY_ARCH, free_port, load_script,
+                     write_cls_case)
 
 TOOLS = osp.join(REPO, 'tools')
 
@@ -685,21 +686,7 @@ def _mmpretrain_ready():
     return MODELS.get('STViTClsHead') is not None
 
 
-CLS_CFG = """
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='STViT', arch=ARCH, stoken_size=[4, 2, 1, 1],
-                  out_indices=(3, ), drop_path_rate=0.),
-    head=dict(type='STViTClsHead', num_classes=2, in_channels=64,
-              loss=dict(type='CrossEntropyLoss')))
-data_preprocessor = dict(num_classes=2, mean=[123.675, 116.28, 103.53],
-                         std=[58.395, 57.12, 57.375], to_rgb=True)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32),
-            dict(type='PackInputs')]
-dataset = dict(type='CustomDataset', data_root='DATA', pipeline=pipeline)
-train_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
+CLS_CFG = CLS_MODEL_CFG + """train_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
                         sampler=dict(type='DefaultSampler', shuffle=True))
 val_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
                       sampler=dict(type='DefaultSampler', shuffle=False))
@@ -726,18 +713,7 @@ randomness = dict(seed=0)
     not _mmpretrain_ready(),
     reason='mmpretrain needs torchvision and STViTClsHead')
 def test_mmpretrain_dist_train_and_official_test(tmp_path):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for c in ('a', 'b'):
-        (tmp_path / 'data' / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
-                tmp_path / 'data' / c / f'{i}.png')
-    cfg = tmp_path / 'tiny_cls.py'
-    cfg.write_text(
-        CLS_CFG.replace('ARCH',
-                        repr(TINY_ARCH)).replace("'DATA'",
-                                                 repr(str(tmp_path / 'data'))))
+    cfg = write_cls_case(tmp_path, CLS_CFG)
     env = dict(PORT=str(free_port()), PYTHON=sys.executable)
     proc = run([
         'bash',

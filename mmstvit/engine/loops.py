@@ -71,7 +71,14 @@ class InfiniteBatches:
 
 
 class ResumableLoopMixin:
-    """What both loops share (see the module docstring)."""
+    """What both loops share (see the module docstring). Listed before the
+    mmengine loop it extends, so that its ``__init__`` takes ``preemption``
+    and sets up before the loop's own (which builds the dataloader)."""
+
+    def __init__(self, runner, dataloader, *args,
+                 preemption: Optional[dict] = None, **kwargs):
+        self._setup(dataloader, preemption)
+        super().__init__(runner, dataloader, *args, **kwargs)
 
     def _setup(self, dataloader, preemption_cfg: Optional[dict]) -> None:
         cfg = dict(signals=preemption.DEFAULT_SIGNALS, requeue=False)
@@ -306,11 +313,6 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
         *args, **kwargs: ``IterBasedTrainLoop``'s.
     """
 
-    def __init__(self, runner, dataloader, *args,
-                 preemption: Optional[dict] = None, **kwargs):
-        self._setup(dataloader, preemption)
-        super().__init__(runner, dataloader, *args, **kwargs)
-
     def run(self):
         """Trains to ``max_iters`` (the parent's ``run`` with the resume
         and the boundary checks of this module)."""
@@ -367,11 +369,6 @@ class ResumableEpochBasedTrainLoop(ResumableLoopMixin, EpochBasedTrainLoop):
         preemption (dict, optional): as :class:`ResumableIterBasedTrainLoop`.
         *args, **kwargs: ``EpochBasedTrainLoop``'s.
     """
-
-    def __init__(self, runner, dataloader, *args,
-                 preemption: Optional[dict] = None, **kwargs):
-        self._setup(dataloader, preemption)
-        super().__init__(runner, dataloader, *args, **kwargs)
 
     def run(self):
         """Trains to ``max_epochs`` (the parent's ``run`` with the resume
