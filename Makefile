@@ -1,6 +1,6 @@
 # mmstvit: the two commands of the README, and their parts.
 #   make demo   install what is missing, then train and evaluate on the embedded toy data
-#   make test   install what is missing, then run the tests
+#   make test   install what is missing, then run the linter (make lint) and the tests
 #   make lint   ruff over mmstvit/, tools/ and tests/ (rules and excludes: pyproject.toml)
 #   make demo DEMO_ARGS="--num-train 8 --num-val 8"   (tools/demo.py --help)
 PYTHON ?= python3
@@ -15,7 +15,7 @@ install:
 demo: install
 	$(PYTHON) tools/demo.py $(DEMO_ARGS)
 
-test: install
+test: lint
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 lint: install

@@ -20,7 +20,6 @@ without importing any of them.
 """
 import importlib
 import importlib.abc
-import importlib.util
 import sys
 import threading
 import warnings

@@ -17,8 +17,7 @@ from mmstvit.data import image_files
 from mmstvit.data.checks import DataError
 from mmstvit.data.errors import DataLoadError, NameLoadErrors
 
-from helpers import REPO, load_script
-from test_tools import SEG_CFG, TINY_ARCH
+from helpers import REPO, SEG_CFG, TINY_ARCH, load_script
 
 TYPO = 'configs/mask_rcnn_stvit_s_1z.py'
 NEAREST = 'configs/mask_rcnn_stvit_s_1x.py'

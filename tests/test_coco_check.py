@@ -248,6 +248,7 @@ def mutations(coco):
     yield 'empty segmentation is fine', edit(set_ann(0, segmentation=[]))
     yield 'NaN coordinates are numbers', edit(
         set_ann(0, segmentation=[[float('nan')] * 6]))
+
     def many_bad(d):
         for i, a in enumerate(d['annotations']):
             a.update(image_id=-i, bbox=None)
@@ -259,6 +260,7 @@ def mutations(coco):
 
     yield 'many bad entries', edit(many_bad)
     yield 'everything wrong at once', edit(all_wrong)
+
 
 def test_same_verdict_on_every_kind_of_problem(coco, tmp_path):
     verdicts = Counter()

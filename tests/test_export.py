@@ -3,7 +3,6 @@
 backbone and the classifier agree with PyTorch in onnxruntime, the exported
 graph has no identity-kernel convolutions unless asked for, UperNet's
 pyramid pooling exports at any size, and what does not export says why."""
-import os
 import os.path as osp
 
 import pytest
@@ -15,7 +14,7 @@ import mmstvit  # noqa: F401
 from mmstvit import export
 from mmstvit.models import STViT
 
-from helpers import REPO, load_script
+from helpers import REPO, load_script, run_in
 
 TINY = dict(
     embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4],
@@ -29,15 +28,6 @@ def load_tool():
 @pytest.fixture(scope='module')
 def tool():
     return load_tool()
-
-
-def run_tool(tool, argv):
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        return tool.main(argv)
-    finally:
-        os.chdir(cwd)
 
 
 def tiny_backbone():
@@ -130,7 +120,7 @@ def test_pyramid_pooling_exports_at_any_size(tmp_path):
 def test_export_classifier(tool, tmp_path, capsys):
     """The real STViT-S ImageNet config, small input."""
     out = str(tmp_path / 'cls.onnx')
-    result = run_tool(tool, [
+    result = run_in(REPO, tool.main, [
         'configs/stvit_s_in1k_224.py', '--shape', '64', '64', '--out', out
     ])
     assert osp.isfile(out) and result['identity_kernel_convs'] == 0
@@ -148,7 +138,7 @@ def test_export_classifier(tool, tmp_path, capsys):
 def test_export_backbone_of_a_dense_config(tool, tmp_path):
     """The UperNet config's backbone ((16, 8, 2, 1): padding at 72x104)."""
     out = str(tmp_path / 'backbone.onnx')
-    result = run_tool(tool, [
+    result = run_in(REPO, tool.main, [
         'configs/upernet_stvit_s_160k_ade20k.py', '--part', 'backbone',
         '--shape', '72', '104', '--out', out
     ])
@@ -161,18 +151,18 @@ def test_export_backbone_of_a_dense_config(tool, tmp_path):
 
 def test_what_does_not_export_says_why(tool, tmp_path):
     with pytest.raises(SystemExit) as e:
-        run_tool(tool, ['configs/mask_rcnn_stvit_s_1x.py', '--part', 'model',
+        run_in(REPO, tool.main, ['configs/mask_rcnn_stvit_s_1x.py', '--part', 'model',
                         '--shape', '64', '64'])
     assert 'mmdeploy' in str(e.value) and '--part features' in str(e.value)
     with pytest.raises(SystemExit) as e:
-        run_tool(tool, ['configs/stvit_s_in1k_224.py', '--part', 'features',
+        run_in(REPO, tool.main, ['configs/stvit_s_in1k_224.py', '--part', 'features',
                         '--shape', '64', '64'])
     assert 'choose one of model, backbone' in str(e.value)
     cfg = tmp_path / 'resnet_seg.py'
     cfg.write_text("_base_ = ['mmseg::_base_/models/pspnet_r50-d8.py']\n"
                    "default_scope = 'mmseg'\n")
     with pytest.raises(SystemExit) as e:
-        run_tool(tool, [str(cfg), '--shape', '64', '64'])
+        run_in(REPO, tool.main, [str(cfg), '--shape', '64', '64'])
     assert 'no STViT backbone (backbone: ResNetV1c)' in str(e.value)
 
 
@@ -186,7 +176,7 @@ def test_rtol_failure_exits_1(tool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, 'compare_with_onnxruntime', off)
     with pytest.raises(SystemExit) as e:
-        run_tool(tool, ['configs/stvit_s_in1k_224.py', '--part', 'backbone',
+        run_in(REPO, tool.main, ['configs/stvit_s_in1k_224.py', '--part', 'backbone',
                         '--shape', '32', '32', '--out',
                         str(tmp_path / 'b.onnx')])
     assert e.value.code == 1
@@ -208,7 +198,7 @@ def test_checkpoint_is_exported(tool, tmp_path):
     ckpt = str(tmp_path / 'cls.pth')
     torch.save(dict(state_dict=model.state_dict()), ckpt)
     out = str(tmp_path / 'cls.onnx')
-    run_tool(tool, ['configs/stvit_s_in1k_224.py', '--shape', '64', '64',
+    run_in(REPO, tool.main, ['configs/stvit_s_in1k_224.py', '--shape', '64', '64',
                     '--checkpoint', ckpt, '--out', out])
     import onnxruntime as ort
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, load_script
+from helpers import REPO, load_script, run_in
 
 DET = 'configs/toy/mask_rcnn_stvit_s_toy.py'
 SEG = 'configs/toy/upernet_stvit_s_toy.py'
@@ -43,18 +43,9 @@ def images(tmp_path_factory):
     return folder
 
 
-def run_infer(tool, argv):
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        return tool.main(argv)
-    finally:
-        os.chdir(cwd)
-
-
 def test_detection_on_a_folder(tool, images, tmp_path, capsys):
     out = tmp_path / 'det'
-    results = run_infer(tool, [DET, str(images), '--out-dir', str(out),
+    results = run_in(REPO, tool.main, [DET, str(images), '--out-dir', str(out),
                                '--device', 'cpu', '--score-thr', '0.05'])
     assert len(results) == 1
     assert (out / 'vis' / 'scene.jpg').is_file()
@@ -103,7 +94,7 @@ def test_segmentation_with_weights(tool, images, tmp_path, capsys):
         str(ckpt))
     out = tmp_path / 'seg'
     image = str(images / 'scene.jpg')
-    run_infer(tool, [SEG, image, '--weights', str(ckpt), '--out-dir',
+    run_in(REPO, tool.main, [SEG, image, '--weights', str(ckpt), '--out-dir',
                      str(out), '--device', 'cpu'])
     pred = json.loads((out / 'preds' / 'scene.json').read_text())
     assert pred['task'] == 'semantic segmentation'
@@ -126,7 +117,7 @@ def test_segmentation_with_weights(tool, images, tmp_path, capsys):
 
 def test_classification(tool, images, tmp_path):
     out = tmp_path / 'cls'
-    run_infer(tool, [CLS, str(images / 'scene.jpg'), '--out-dir', str(out),
+    run_in(REPO, tool.main, [CLS, str(images / 'scene.jpg'), '--out-dir', str(out),
                      '--device', 'cpu'])
     pred = json.loads((out / 'preds' / 'scene.json').read_text())
     assert pred['task'] == 'classification'
@@ -158,13 +149,13 @@ def test_bad_inputs_are_named(tool, images, tmp_path, capsys):
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
-            run_infer(tool, argv)
+            run_in(REPO, tool.main, argv)
         assert message in str(e.value), (argv, e.value)
         assert str(e.value).startswith('mmstvit infer:')
     # a config path with a typo: the nearest configs, exit status 2, as
     # tools/train.py and tools/test.py (tests/test_cli.py)
     with pytest.raises(SystemExit) as e:
-        run_infer(tool, ['configs/nope.py', str(images)])
+        run_in(REPO, tool.main, ['configs/nope.py', str(images)])
     assert e.value.code == 2
     assert 'config configs/nope.py does not exist; nearest: configs/' in \
         capsys.readouterr().err
@@ -177,12 +168,12 @@ def test_config_of_another_backbone(tool, images, tmp_path):
         "          'mmpretrain::_base_/datasets/imagenet_bs32.py',\n"
         "          'mmpretrain::_base_/default_runtime.py']\n")
     with pytest.raises(SystemExit) as e:
-        run_infer(tool, [str(cfg), str(images)])
+        run_in(REPO, tool.main, [str(cfg), str(images)])
     assert 'has no STViT backbone (backbone: ResNet)' in str(e.value)
     other = tmp_path / 'engine.py'
     other.write_text("model = dict(type='Foo', backbone=dict(type='STViT'))\n")
     with pytest.raises(SystemExit) as e:
-        run_infer(tool, [str(other), str(images)])
+        run_in(REPO, tool.main, [str(other), str(images)])
     assert 'not an mmdet, mmseg or mmpretrain config' in str(e.value)
 
 

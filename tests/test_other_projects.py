@@ -13,6 +13,8 @@ import pytest
 from mmstvit.data.toy_data import generate_toy_cls, generate_toy_data
 from mmstvit.weights import load_checkpoint_file
 
+from helpers import TOY_COCO_DET_DATA
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = ("dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], "
         "num_heads=[1, 1, 1, 2])")
@@ -57,25 +59,7 @@ model = dict(
                   stoken_size=(4, 2, 1, 1), out_indices=(0, 1, 2, 3)),
     neck=dict(in_channels=[16, 32, 48, 64]),
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
-metainfo = dict(classes=('circle', 'rectangle', 'triangle'))
-pipe = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='PackDetInputs')]
-data = dict(data_root='{root}/', metainfo=metainfo, pipeline=pipe)
-train_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), **data))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), **data))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file='{root}/annotations/instances_val.json')
-test_evaluator = val_evaluator
-"""
+""" + TOY_COCO_DET_DATA
 
 SEG = """
 _base_ = '{base}'

@@ -22,13 +22,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import textwrap
 import zipfile
 
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, TOY_COCO_DET_DATA
 
 #: what building needs from the checkout (the rest is data, caches, docs)
 BUILD_INPUTS = ('setup.py', 'setup.cfg', 'pyproject.toml', 'MANIFEST.in',
@@ -166,24 +165,7 @@ model = dict(
     roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)),
     train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=50),
                    rcnn=dict(sampler=dict(num=32))))
-metainfo = dict(classes=('circle', 'rectangle', 'triangle'))
-pipe = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='PackDetInputs')]
-data = dict(data_root='data/toy_coco/', metainfo=metainfo, pipeline=pipe)
-train_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), **data))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), **data))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file='data/toy_coco/annotations/instances_val.json')
-test_evaluator = val_evaluator
+""" + TOY_COCO_DET_DATA.replace('{root}', 'data/toy_coco') + """
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1,
                  val_interval=100)
 param_scheduler = []

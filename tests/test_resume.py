@@ -22,16 +22,14 @@ import shutil
 import signal
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from mmstvit.weights import load_checkpoint_file
 
-from helpers import REPO
+from helpers import REPO, write_cls_case
 from test_tools import (CLS_CFG, DET_CFG, SCRATCH, TINY_ARCH,
                         _mmpretrain_ready, assert_clean_exit, run)
-from test_tools import keep_local_rank, seg_case, train_tool  # noqa: F401
 
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 
@@ -233,17 +231,7 @@ def test_cls_epoch_based_resume_is_bit_for_bit(tmp_path, workers):
     mmpretrain default): checkpoints per iteration, resumed after the first
     batch of epoch 2 (the workers start from their states at the start of
     that epoch and draw its first batch again, untrained)."""
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for c in ('a', 'b'):
-        (tmp_path / 'data' / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
-                tmp_path / 'data' / c / f'{i}.png')
-    base = tmp_path / 'tiny_cls.py'
-    base.write_text(
-        CLS_CFG.replace('ARCH', repr(TINY_ARCH)).replace(
-            "'DATA'", repr(str(tmp_path / 'data'))))
+    base = write_cls_case(tmp_path, CLS_CFG)
     cfg = tmp_path / 'cls.py'
     cfg.write_text(CLS_TRAIN.format(base=str(base), workers=workers,
                                     by_epoch=not workers))
@@ -294,15 +282,25 @@ atomic_files._write_chunks = _write_half_then_die
 '''
 
 
+def config_importing(base, root, module: str, code: str, hook=None):
+    """``root/<module>.py`` holding ``code``, and a config over ``base``
+    that imports it beside mmstvit (and adds the custom hook ``hook``);
+    returns the config's path."""
+    (root / f'{module}.py').write_text(code)
+    cfg = root / f'{base.stem}_{module}.py'
+    text = (f'_base_ = {str(base)!r}\n'
+            f"custom_imports = dict(imports=['mmstvit', {module!r}], "
+            'allow_failed_imports=False)\n')
+    if hook is not None:
+        text += f'custom_hooks = [dict(type={hook!r})]\n'
+    cfg.write_text(text)
+    return cfg
+
+
 def test_killed_while_saving_leaves_no_torn_checkpoint(seg_runs, seg_case):
     root, _ = seg_case
     cfg, full, _ = seg_runs[0]
-    (root / 'die_while_saving.py').write_text(DIE_WHILE_SAVING)
-    dying = root / 'seg_dying.py'
-    dying.write_text(
-        f'_base_ = {str(cfg)!r}\n'
-        "custom_imports = dict(imports=['mmstvit', 'die_while_saving'], "
-        'allow_failed_imports=False)\n')
+    dying = config_importing(cfg, root, 'die_while_saving', DIE_WHILE_SAVING)
     work = root / 'seg_killed'
     proc = train(dying, work, root)
     assert proc.returncode == -signal.SIGKILL, out(proc)[-3000:]
@@ -348,13 +346,8 @@ def test_sigterm_then_resume_through_the_tool(seg_runs, seg_case):
     iteration 4 only and ends as the uninterrupted run."""
     root, _ = seg_case
     cfg, full, _ = seg_runs[0]
-    (root / 'sigterm_at_3.py').write_text(SIGTERM_AT_3)
-    stopping = root / 'seg_sigterm.py'
-    stopping.write_text(
-        f'_base_ = {str(cfg)!r}\n'
-        "custom_imports = dict(imports=['mmstvit', 'sigterm_at_3'], "
-        'allow_failed_imports=False)\n'
-        "custom_hooks = [dict(type='SigtermAt3')]\n")
+    stopping = config_importing(cfg, root, 'sigterm_at_3', SIGTERM_AT_3,
+                                hook='SigtermAt3')
     work = root / 'seg_sigterm'
     proc = train(stopping, work, root)
     assert proc.returncode == 143, out(proc)[-3000:]

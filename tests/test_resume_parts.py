@@ -220,6 +220,7 @@ def test_guards_use_in_config():
     assert not guards.use_resumable_loop(cfg) and \
         cfg.train_cfg.type == 'MyLoop'
 
+
 @pytest.mark.parametrize('toolbox', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_every_toolbox_builds_the_hook(toolbox):
     """By its name in mmengine's root registry, as the toolboxes' own

@@ -19,7 +19,6 @@ import warnings
 from collections import OrderedDict
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from mmengine.runner.checkpoint import load_checkpoint
@@ -32,27 +31,14 @@ from mmstvit.weights import (NotSafetensorsError, checkpoint_format,
                              mm_to_official_state_dict, sniff_format,
                              write_safetensors)
 
-from helpers import REPO, load_script
+from helpers import (CLS_MODEL_CFG, REPO, load_script, run_in,
+                     write_cls_case)
 
 TINY = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
             num_heads=[1, 1, 1, 1])
 CONVERTER = 'tools/model_converters/stvit_to_mm.py'
 
-CLS_CFG = """
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='STViT', arch=ARCH, stoken_size=[4, 2, 1, 1],
-                  out_indices=(3, ), drop_path_rate=0.),
-    head=dict(type='STViTClsHead', num_classes=2, in_channels=64,
-              loss=dict(type='CrossEntropyLoss')))
-data_preprocessor = dict(num_classes=2, mean=[123.675, 116.28, 103.53],
-                         std=[58.395, 57.12, 57.375], to_rgb=True)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32),
-            dict(type='PackInputs')]
-dataset = dict(type='CustomDataset', data_root='DATA', pipeline=pipeline)
-test_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
+CLS_CFG = CLS_MODEL_CFG + """test_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
                        sampler=dict(type='DefaultSampler', shuffle=False))
 test_evaluator = dict(type='Accuracy', topk=(1, ))
 test_cfg = dict()
@@ -116,19 +102,10 @@ def case(tmp_path_factory):
     ``mm.safetensors``."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from PIL import Image
 
     from mmstvit.registry import register_toolbox
     root = tmp_path_factory.mktemp('st')
-    rng = np.random.default_rng(0)
-    for c in ('a', 'b'):
-        (root / 'data' / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
-                root / 'data' / c / f'{i}.png')
-    cfg = root / 'tiny_cls.py'
-    cfg.write_text(CLS_CFG.replace('ARCH', repr(TINY)).replace(
-        "'DATA'", repr(str(root / 'data'))))
+    cfg = write_cls_case(root, CLS_CFG, TINY)
     register_toolbox('mmpretrain')
     init_default_scope('mmpretrain')
     from mmpretrain.registry import MODELS
@@ -231,15 +208,6 @@ def test_state_dict_init_cfg_and_load_from_never_unpickle(case):
     assert_same(classifier.state_dict(), case['mm'])
 
 
-def _run_in(folder, fn, *args):
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        return fn(*args)
-    finally:
-        os.chdir(cwd)
-
-
 def test_test_tool_and_infer_never_unpickle(case, tmp_path):
     """tools/test.py and tools/infer.py with the .safetensors give the
     predictions of the authors' .pth."""
@@ -253,9 +221,9 @@ def test_test_tool_and_infer_never_unpickle(case, tmp_path):
             contextlib.nullcontext()
         out = tmp_path / f'{name}.pkl'
         with guard:
-            metrics = _run_in(tmp_path, test_tool.main,
+            metrics = run_in(tmp_path, test_tool.main,
                               [cfg, str(root / name), '--out', str(out)])
-            _run_in(tmp_path, infer_tool.main,
+            run_in(tmp_path, infer_tool.main,
                     [cfg, image, '--weights', str(root / name),
                      '--out-dir', str(tmp_path / name), '--device', 'cpu'])
         assert 'accuracy/top1' in metrics

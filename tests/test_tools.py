@@ -27,11 +27,10 @@ from mmstvit.cli import load_from, pretrained, run_config
 from mmstvit.cli.errors import ToolError
 from mmstvit.weights import load_checkpoint_file
 
-from helpers import REPO, free_port, load_script
+from helpers import (CLS_MODEL_CFG, REPO, TINY_ARCH, free_port, load_script,
+                     write_cls_case)
 
 TOOLS = osp.join(REPO, 'tools')
-TINY_ARCH = dict(
-    embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
 
 
 def load_tool(name):
@@ -39,23 +38,8 @@ def load_tool(name):
 
 
 @pytest.fixture(scope='module')
-def train_tool():
-    return load_tool('train')
-
-
-@pytest.fixture(scope='module')
 def test_tool():
     return load_tool('test')
-
-
-@pytest.fixture
-def keep_local_rank():
-    saved = os.environ.get('LOCAL_RANK')
-    os.environ.pop('LOCAL_RANK', None)
-    yield
-    os.environ.pop('LOCAL_RANK', None)
-    if saved is not None:
-        os.environ['LOCAL_RANK'] = saved
 
 
 def run(cmd, cwd, timeout=240, env=None):
@@ -68,99 +52,6 @@ def run(cmd, cwd, timeout=240, env=None):
         text=True,
         timeout=timeout,
         env=full_env)
-
-
-# ---------------------------------------------------------------------------
-# a tiny segmentation config and data
-# ---------------------------------------------------------------------------
-
-SEG_CFG = """
-default_scope = 'mmseg'
-custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
-norm_cfg = dict(type='SyncBN', requires_grad=True)
-data_preprocessor = dict(
-    type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
-    seg_pad_val=255, size=(32, 32))
-model = dict(
-    type='EncoderDecoder', data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='STViT', arch=ARCH, stoken_size=[4, 2, 1, 1],
-        drop_path_rate=0.,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='pretrained/stvit-small-224.pth')),
-    decode_head=dict(
-        type='FCNHead', in_channels=64, in_index=3, channels=16,
-        num_convs=1, concat_input=False, dropout_ratio=0.1, num_classes=2,
-        norm_cfg=norm_cfg, align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-    train_cfg=dict(), test_cfg=dict(mode='whole'))
-pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-            dict(type='PackSegInputs')]
-dataset = dict(
-    type='BaseSegDataset', data_root='DATA',
-    data_prefix=dict(img_path='img', seg_map_path='ann'), img_suffix='.png',
-    seg_map_suffix='.png', pipeline=pipeline,
-    metainfo=dict(classes=('bg', 'fg'), palette=[[0, 0, 0], [255, 255, 255]]))
-train_dataloader = dict(
-    batch_size=2, num_workers=0, dataset=dataset,
-    sampler=dict(type='InfiniteSampler', shuffle=True))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, dataset=dataset,
-    sampler=dict(type='DefaultSampler', shuffle=False))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01))
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0,
-                        end=4, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=2)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
-env_cfg = dict(cudnn_benchmark=False,
-               mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-visualizer = dict(type='SegLocalVisualizer',
-                  vis_backends=[dict(type='LocalVisBackend')],
-                  name='visualizer')
-log_processor = dict(by_epoch=False)
-log_level = 'INFO'
-load_from = None
-resume = False
-randomness = dict(seed=0)
-"""
-
-
-@pytest.fixture(scope='module')
-def seg_case(tmp_path_factory):
-    """A tiny mmseg config (its backbone names a missing pretrained file)
-    and four 32x32 images with masks."""
-    from PIL import Image
-    root = tmp_path_factory.mktemp('seg')
-    rng = np.random.default_rng(0)
-    (root / 'data' / 'img').mkdir(parents=True)
-    (root / 'data' / 'ann').mkdir(parents=True)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3),
-                                     dtype=np.uint8)).save(root / 'data' /
-                                                           'img' / f'{i}.png')
-        Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(
-            root / 'data' / 'ann' / f'{i}.png')
-    cfg = root / 'tiny_seg.py'
-    cfg.write_text(
-        SEG_CFG.replace('ARCH',
-                        repr(TINY_ARCH)).replace("'DATA'",
-                                                 repr(str(root / 'data'))))
-    return root, cfg
 
 
 SCRATCH = ['--cfg-options', 'model.backbone.init_cfg=None']
@@ -795,21 +686,7 @@ def _mmpretrain_ready():
     return MODELS.get('STViTClsHead') is not None
 
 
-CLS_CFG = """
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmstvit'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='STViT', arch=ARCH, stoken_size=[4, 2, 1, 1],
-                  out_indices=(3, ), drop_path_rate=0.),
-    head=dict(type='STViTClsHead', num_classes=2, in_channels=64,
-              loss=dict(type='CrossEntropyLoss')))
-data_preprocessor = dict(num_classes=2, mean=[123.675, 116.28, 103.53],
-                         std=[58.395, 57.12, 57.375], to_rgb=True)
-pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32),
-            dict(type='PackInputs')]
-dataset = dict(type='CustomDataset', data_root='DATA', pipeline=pipeline)
-train_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
+CLS_CFG = CLS_MODEL_CFG + """train_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
                         sampler=dict(type='DefaultSampler', shuffle=True))
 val_dataloader = dict(batch_size=2, num_workers=0, dataset=dataset,
                       sampler=dict(type='DefaultSampler', shuffle=False))
@@ -836,18 +713,7 @@ randomness = dict(seed=0)
     not _mmpretrain_ready(),
     reason='mmpretrain needs torchvision and STViTClsHead')
 def test_mmpretrain_dist_train_and_official_test(tmp_path):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for c in ('a', 'b'):
-        (tmp_path / 'data' / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
-                tmp_path / 'data' / c / f'{i}.png')
-    cfg = tmp_path / 'tiny_cls.py'
-    cfg.write_text(
-        CLS_CFG.replace('ARCH',
-                        repr(TINY_ARCH)).replace("'DATA'",
-                                                 repr(str(tmp_path / 'data'))))
+    cfg = write_cls_case(tmp_path, CLS_CFG)
     env = dict(PORT=str(free_port()), PYTHON=sys.executable)
     proc = run([
         'bash',

@@ -47,17 +47,11 @@ def head(text):
 
 
 def parse_args(argv=None):
+    from mmstvit.cli.drawing import add_drawing_arguments
     parser = argparse.ArgumentParser(
         description='Draw the attention maps of query pixels of an STViT '
         'stage over an image')
-    parser.add_argument('config', help='mmdet/mmseg/mmpretrain config whose '
-                        "model.backbone is type='STViT'")
-    parser.add_argument('image', help='image file')
-    parser.add_argument('--out-dir', required=True,
-                        help='folder for the PNGs (created if needed)')
-    parser.add_argument('--checkpoint', help='mm checkpoint of an STViT '
-                        "model or the authors' ImageNet file; without it "
-                        'the weights are random')
+    add_drawing_arguments(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument('--points', nargs='+', type=point, metavar='X,Y',
                        help='query points in image pixels')
@@ -69,38 +63,15 @@ def parse_args(argv=None):
                         '(negative counts from the end); default: the last')
     parser.add_argument('--head', type=head, default='mean',
                         help="'mean' over heads (default) or a head index")
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='trust --checkpoint: unpickle it fully even if '
-                        'it holds objects beyond weights (can run code it '
-                        'holds; only for files from a source you trust)')
-    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
-    parser.add_argument('--max-size', type=int, default=1024,
-                        help='longest side the network sees; larger images '
-                        'are resized for the forward pass and drawn at '
-                        'their own size (0: never resize). Default 1024')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
+    from mmstvit.cli.drawing import run_drawing
     args = parse_args(argv)
-    from mmstvit.cli.quiet import quiet_third_party_warnings
-    quiet_third_party_warnings()
-    if args.unsafe_load and args.checkpoint:
-        from mmstvit.weights import trust
-        trust(args.checkpoint)
-    from mmstvit.visualization import VisualizationError, visualize_attention
-    try:
-        paths = visualize_attention(
-            args.config, args.image, args.out_dir, checkpoint=args.checkpoint,
-            points=args.points, grid=args.grid, stage=args.stage,
-            block=args.block, head=args.head, device=args.device,
-            max_size=args.max_size or None)
-    except VisualizationError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    for p in paths:
-        print(p)
-    return 0
+    return run_drawing(
+        'visualize_attention', args, points=args.points, grid=args.grid,
+        stage=args.stage, block=args.block, head=args.head)
 
 
 if __name__ == '__main__':

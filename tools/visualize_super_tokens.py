@@ -30,54 +30,24 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from mmstvit.cli.drawing import add_drawing_arguments
     parser = argparse.ArgumentParser(
         description="Draw an STViT's initial and learned super tokens over "
         'an image')
-    parser.add_argument('config', help='mmdet/mmseg/mmpretrain config whose '
-                        "model.backbone is type='STViT'")
-    parser.add_argument('image', help='image file')
-    parser.add_argument('--out-dir', required=True,
-                        help='folder for the PNGs (created if needed)')
-    parser.add_argument('--checkpoint', help='mm checkpoint of an STViT '
-                        "model or the authors' ImageNet file; without it "
-                        'the weights are random')
+    add_drawing_arguments(parser)
     parser.add_argument('--stage', type=int, help='only this stage (from 0); '
                         'default: every stage with super token size > 1')
     parser.add_argument('--block', type=int, help='block of the stage whose '
                         'association is drawn (negative counts from the '
                         'end); default: the last block')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='trust --checkpoint: unpickle it fully even if '
-                        'it holds objects beyond weights (can run code it '
-                        'holds; only for files from a source you trust)')
-    parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
-    parser.add_argument('--max-size', type=int, default=1024,
-                        help='longest side the network sees; larger images '
-                        'are resized for the forward pass and drawn at '
-                        'their own size (0: never resize). Default 1024')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
+    from mmstvit.cli.drawing import run_drawing
     args = parse_args(argv)
-    from mmstvit.cli.quiet import quiet_third_party_warnings
-    quiet_third_party_warnings()
-    if args.unsafe_load and args.checkpoint:
-        from mmstvit.weights import trust
-        trust(args.checkpoint)
-    from mmstvit.visualization import (VisualizationError,
-                                       visualize_super_tokens)
-    try:
-        paths = visualize_super_tokens(
-            args.config, args.image, args.out_dir, checkpoint=args.checkpoint,
-            stage=args.stage, block=args.block, device=args.device,
-            max_size=args.max_size or None)
-    except VisualizationError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    for p in paths:
-        print(p)
-    return 0
+    return run_drawing('visualize_super_tokens', args, stage=args.stage,
+                       block=args.block)
 
 
 if __name__ == '__main__':

@@ -10,6 +10,8 @@ from typing import List
 
 from mmstvit.utils.paths import is_remote
 from mmstvit.utils.text import summarise
+# re-exported: tools/test.py says load_from.official_load_from
+from mmstvit.weights import official_load_from
 
 from .errors import ToolError
 from .pretrained import walk_config
@@ -94,18 +96,6 @@ def convert_load_from(cfg, task: str) -> None:
             'from it with load_from (or the backbone init_cfg) instead.')
     check_official_against_config(ckpt, cfg, path)
     cfg.load_from = official_load_from(path, task)
-
-
-def official_load_from(path: str, task: str) -> str:
-    """The ``load_from`` that makes the Runner load an official file
-    (converted; the backbone only for mmdet and mmseg)."""
-    from mmstvit.weights import (OFFICIAL_BACKBONE_SCHEME,
-                                          OFFICIAL_SCHEME,
-                                          register_official_scheme)
-    register_official_scheme()
-    scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
-        OFFICIAL_BACKBONE_SCHEME
-    return scheme + path
 
 
 def checkpoint_keys(path: str) -> List[str]:

@@ -14,7 +14,7 @@ them::
 """
 import re
 from collections import OrderedDict
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
@@ -125,8 +125,14 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         'layer_scale_decay_mult',
     }
 
-    def _validate_cfg(self) -> None:
-        super()._validate_cfg()
+    def __init__(self, optim_wrapper_cfg: dict,
+                 paramwise_cfg: Optional[dict] = None):
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        self.check_paramwise_cfg()
+
+    def check_paramwise_cfg(self) -> None:
+        """``KeyError``/``ValueError`` naming what is wrong in
+        ``paramwise_cfg`` (after mmengine's own checks in ``__init__``)."""
         cfg = self.paramwise_cfg
         name = type(self).__name__
         unknown = sorted(set(cfg) - set(self.KEYS))

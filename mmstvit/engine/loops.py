@@ -71,7 +71,14 @@ class InfiniteBatches:
 
 
 class ResumableLoopMixin:
-    """What both loops share (see the module docstring)."""
+    """What both loops share (see the module docstring). Listed before the
+    mmengine loop it extends, so that its ``__init__`` takes ``preemption``
+    and sets up before the loop's own (which builds the dataloader)."""
+
+    def __init__(self, runner, dataloader, *args,
+                 preemption: Optional[dict] = None, **kwargs):
+        self._setup(dataloader, preemption)
+        super().__init__(runner, dataloader, *args, **kwargs)
 
     def _setup(self, dataloader, preemption_cfg: Optional[dict]) -> None:
         cfg = dict(signals=preemption.DEFAULT_SIGNALS, requeue=False)
@@ -240,11 +247,11 @@ class ResumableLoopMixin:
     def _stop(self, signum: int, failed: bool, error) -> None:
         log = self.runner.logger
         ckpt = self._save_now()
-        saved = (f'the checkpoint of the {self._iter} iterations done is '
+        saved = (f'the checkpoint of the {self.iter} iterations done is '
                  f'{ckpt}' if ckpt else 'nothing was trained, nothing saved')
         if failed:
-            where = (f'fetching the batch of iteration {self._iter + 1} '
-                     f'(epoch {self._epoch + 1})')
+            where = (f'fetching the batch of iteration {self.iter + 1} '
+                     f'(epoch {self.epoch + 1})')
             if error is None:
                 msg = (f'mmstvit: training stopped: another process failed '
                        f'{where}; {saved}')
@@ -254,11 +261,11 @@ class ResumableLoopMixin:
                        'data, then the same command with --resume goes on '
                        'from there')
             raise TrainingDataError(
-                msg, self._iter, self._epoch,
+                msg, self.iter, self.epoch,
                 get_rank() if error is not None else -1, ckpt) from error
         name = preemption.signal_name(signum)
         msg = (f'mmstvit: {name} received: training stopped after iteration '
-               f'{self._iter}; {saved}. Resume with the same command and '
+               f'{self.iter}; {saved}. Resume with the same command and '
                f'--resume; exit status {128 + signum}')
         if self.requeue and get_rank() == 0:
             note = preemption.requeue_slurm_job(log)
@@ -306,11 +313,6 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
         *args, **kwargs: ``IterBasedTrainLoop``'s.
     """
 
-    def __init__(self, runner, dataloader, *args,
-                 preemption: Optional[dict] = None, **kwargs):
-        self._setup(dataloader, preemption)
-        super().__init__(runner, dataloader, *args, **kwargs)
-
     def run(self):
         """Trains to ``max_iters`` (the parent's ``run`` with the resume
         and the boundary checks of this module)."""
@@ -318,14 +320,14 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
         self.runner.call_hook('before_train_epoch')
         try:
             self._go_to_position()
-            while self._iter < self._max_iters and not self.stop_training:
+            while self.iter < self.max_iters and not self.stop_training:
                 self.runner.model.train()
                 self.run_iter(self._next_batch(self.dataloader_iterator))
-                self.val_interval = self._val_interval_at(self._iter)
+                self.val_interval = self._val_interval_at(self.iter)
                 if (self.runner.val_loop is not None
-                        and self._iter >= self.val_begin
-                        and (self._iter % self.val_interval == 0
-                             or self._iter == self._max_iters)):
+                        and self.iter >= self.val_begin
+                        and (self.iter % self.val_interval == 0
+                             or self.iter == self.max_iters)):
                     self._validate()
         finally:
             self.guard.restore()
@@ -345,15 +347,15 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
         reseeded = mine is not None and self._seeded_like_saved(mine)
         if reseeded:
             self.dataloader_iterator = InfiniteBatches(self.dataloader)
-        if self._iter > 0:
+        if self.iter > 0:
             self.runner.logger.info(
-                f'mmstvit: drawing the {self._iter} batches trained before '
+                f'mmstvit: drawing the {self.iter} batches trained before '
                 'the resume (not trained again)')
-        for _ in range(self._iter):
+        for _ in range(self.iter):
             next(self.dataloader_iterator)
         if mine is not None:
             self._restorer(mine)()
-            self._log_resumed(mine, f'before iteration {self._iter + 1}',
+            self._log_resumed(mine, f'before iteration {self.iter + 1}',
                               reseeded)
 
 
@@ -368,25 +370,20 @@ class ResumableEpochBasedTrainLoop(ResumableLoopMixin, EpochBasedTrainLoop):
         *args, **kwargs: ``EpochBasedTrainLoop``'s.
     """
 
-    def __init__(self, runner, dataloader, *args,
-                 preemption: Optional[dict] = None, **kwargs):
-        self._setup(dataloader, preemption)
-        super().__init__(runner, dataloader, *args, **kwargs)
-
     def run(self):
         """Trains to ``max_epochs`` (the parent's ``run`` with the resume
         and the boundary checks of this module)."""
         self.runner.call_hook('before_train')
         try:
             skip, restore = self._resume_plan()
-            while self._epoch < self._max_epochs and not self.stop_training:
+            while self.epoch < self.max_epochs and not self.stop_training:
                 self.run_epoch(skip, restore)
                 skip, restore = 0, None
-                self.val_interval = self._val_interval_at(self._epoch)
+                self.val_interval = self._val_interval_at(self.epoch)
                 if (self.runner.val_loop is not None
-                        and self._epoch >= self.val_begin
-                        and (self._epoch % self.val_interval == 0
-                             or self._epoch == self._max_epochs)):
+                        and self.epoch >= self.val_begin
+                        and (self.epoch % self.val_interval == 0
+                             or self.epoch == self.max_epochs)):
                     self._validate()
         finally:
             self.guard.restore()
@@ -407,9 +404,9 @@ class ResumableEpochBasedTrainLoop(ResumableLoopMixin, EpochBasedTrainLoop):
         if mine is None:
             return 0, None
         done = int(self._resumed.get('epoch_batches_done', 0))
-        where = (f'after batch {done} of epoch {self._epoch + 1} (the batches'
+        where = (f'after batch {done} of epoch {self.epoch + 1} (the batches'
                  ' before it are drawn, not trained)' if done else
-                 f'at the start of epoch {self._epoch + 1}')
+                 f'at the start of epoch {self.epoch + 1}')
         self._log_resumed(mine, where, reseeded)
         return done, self._restorer(mine)
 
@@ -442,7 +439,7 @@ class ResumableEpochBasedTrainLoop(ResumableLoopMixin, EpochBasedTrainLoop):
         self._worker_epoch_start = dict(self._worker_latest)
         self._rng_epoch_start = None
         self.runner.call_hook('after_train_epoch')
-        self._epoch += 1
+        self._epoch += 1  # as the parent's run_epoch: the property has no setter
 
 
 def loop_type_for(train_cfg) -> Optional[str]:
@@ -460,4 +457,3 @@ def loop_type_for(train_cfg) -> Optional[str]:
                 ResumableEpochBasedTrainLoop.__name__):
         return ResumableEpochBasedTrainLoop.__name__
     return None
-

@@ -185,26 +185,43 @@ def choose_resume_checkpoint(work_dir: str,
     if resume_from is not None and '://' in str(resume_from):
         return resume_from, []  # remote: mmengine's loader says what fails
     if resume_from is not None:
-        resume_from = osp.expanduser(str(resume_from))
-        ckpt, problem = read_checkpoint(resume_from)
-        if problem is None:
-            return resume_from, [
-                (logging.INFO, f'mmstvit: resuming from {resume_from} '
-                 f'({_position(ckpt)})')]
-        older = older_readable(
-            resume_from, folders + [osp.dirname(resume_from)], templates)
-        lines = [f'mmstvit: cannot resume from {resume_from}: {problem}.']
-        if older:
-            lines.append(f'The newest checkpoint that loads is {older[0]} '
-                         f'({older[1]}): resume from it with {how} '
-                         f'{older[0]}')
-        else:
-            lines.append('No other checkpoint of this run loads: train '
-                         f'from the start (without {how}), or start from '
-                         'weights you have with load_from.')
-        raise ResumeError('\n'.join(lines))
+        return _check_given_checkpoint(
+            osp.expanduser(str(resume_from)), folders, templates, how)
+    return _newest_loading_checkpoint(work_dir, folders, templates, how)
 
-    notes = []
+
+def _check_given_checkpoint(resume_from: str, folders: List[str],
+                            templates, how: str
+                            ) -> Tuple[str, List[Tuple[int, str]]]:
+    """``--resume PATH``: the path and a note when it loads; otherwise a
+    :class:`ResumeError` that names the newest older checkpoint that
+    loads (in ``folders`` or beside the file)."""
+    ckpt, problem = read_checkpoint(resume_from)
+    if problem is None:
+        return resume_from, [
+            (logging.INFO, f'mmstvit: resuming from {resume_from} '
+             f'({_position(ckpt)})')]
+    older = older_readable(
+        resume_from, folders + [osp.dirname(resume_from)], templates)
+    lines = [f'mmstvit: cannot resume from {resume_from}: {problem}.']
+    if older:
+        lines.append(f'The newest checkpoint that loads is {older[0]} '
+                     f'({older[1]}): resume from it with {how} '
+                     f'{older[0]}')
+    else:
+        lines.append('No other checkpoint of this run loads: train '
+                     f'from the start (without {how}), or start from '
+                     'weights you have with load_from.')
+    raise ResumeError('\n'.join(lines))
+
+
+def _newest_loading_checkpoint(work_dir: str, folders: List[str], templates,
+                               how: str
+                               ) -> Tuple[Optional[str], List[Tuple[int, str]]]:
+    """Auto-resume: the file ``last_checkpoint`` names if it loads, else the
+    newest checkpoint in ``folders`` that loads (a warning for each one
+    skipped); ``(None, [warning])`` when there is none; a
+    :class:`ResumeError` listing them when none of them loads."""
     named, why = read_last_checkpoint(work_dir)
     candidates = find_checkpoints(
         folders + ([osp.dirname(named)] if named else []), templates)
@@ -213,22 +230,22 @@ def choose_resume_checkpoint(work_dir: str,
     skipped = []
     for cand in candidates:
         ckpt, problem = read_checkpoint(cand)
-        if problem is None:
-            if named and _same(cand, named):
-                source = 'last_checkpoint names it'
-            elif skipped:
-                source = 'the newest checkpoint that loads'
-            else:
-                source = f'the newest checkpoint; {why}'
-            for path, reason in skipped:
-                notes.append((logging.WARNING,
-                              f'mmstvit: not resuming from {path}: {reason}. '
-                              'It is left in place.'))
-            notes.append((logging.INFO,
-                          f'mmstvit: resuming from {cand} ({_position(ckpt)}'
-                          f'; {source})'))
-            return cand, notes
-        skipped.append((cand, problem))
+        if problem is not None:
+            skipped.append((cand, problem))
+            continue
+        if named and _same(cand, named):
+            source = 'last_checkpoint names it'
+        elif skipped:
+            source = 'the newest checkpoint that loads'
+        else:
+            source = f'the newest checkpoint; {why}'
+        notes = [(logging.WARNING,
+                  f'mmstvit: not resuming from {path}: {reason}. '
+                  'It is left in place.') for path, reason in skipped]
+        notes.append((logging.INFO,
+                      f'mmstvit: resuming from {cand} ({_position(ckpt)}'
+                      f'; {source})'))
+        return cand, notes
     if skipped:
         lines = [f'mmstvit: {how} found checkpoints of this run, and none '
                  'of them loads:']

@@ -18,7 +18,7 @@ from .errors import (OFFICIAL_WEIGHTS_HELP, CheckpointMismatchError,
                      summarise_keys)
 from .mmengine_loader import (OFFICIAL_BACKBONE_SCHEME, OFFICIAL_SCHEME,
                               install_mmengine_loaders,
-                              load_from_stvit_official,
+                              load_from_stvit_official, official_load_from,
                               register_official_scheme)
 from .prefix import backbone_state_dict, prefixes_holding
 from .reading import checkpoint_format, load_checkpoint_file, load_state_dict
@@ -36,6 +36,7 @@ __all__ = [
     'checkpoint_format', 'sniff_format', 'write_safetensors', 'trust',
     'is_trusted', 'untrust_all', 'install_mmengine_loaders',
     'register_official_scheme', 'load_from_stvit_official',
+    'official_load_from',
     'OFFICIAL_SCHEME', 'OFFICIAL_BACKBONE_SCHEME', 'is_official_checkpoint',
     'extract_state_dict', 'state_dict_entries', 'strip_wrappers',
     'WRAPPER_PREFIXES', 'STATE_DICT_ENTRIES', 'convert_official',

@@ -70,6 +70,17 @@ def register_official_scheme() -> None:
         force=True)
 
 
+def official_load_from(path: str, task: str) -> str:
+    """The ``load_from`` that makes the Runner load the authors' file at
+    ``path`` converted (``stvit-official://``; the backbone only,
+    ``stvit-official-backbone://``, for ``task`` ``'mmdet'`` and
+    ``'mmseg'``), with the schemes registered."""
+    register_official_scheme()
+    scheme = OFFICIAL_SCHEME if task == 'mmpretrain' else \
+        OFFICIAL_BACKBONE_SCHEME
+    return scheme + path
+
+
 def install_mmengine_loaders(module=None) -> None:
     """Makes mmengine read local files and ``http(s)://`` URLs with
     :func:`~mmstvit.weights.load_checkpoint_file`. ``module`` (ignored) is

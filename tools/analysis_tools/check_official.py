@@ -141,15 +141,21 @@ def classifier(arch):
 
 
 def check_arch(arch, args, report):
-    from mmstvit import STViT
-    from mmstvit.weights import convert_official_state_dict
-    from mmstvit.weights.official_model import (build_official_model,
-                                                official_backbone_features)
+    """Both checks of the module docstring for one arch, on the same
+    official weights (seeded random or ``--checkpoint``)."""
+    from mmstvit.weights.official_model import build_official_model
     g = torch.Generator().manual_seed(args.seed + 1)
-
-    # 1. classifier logits at 224
     theirs = build_official_model(args.official_src, arch, CLS_STOKEN)
     sd = official_weights(args, theirs)
+    check_classifier(arch, args, theirs, sd, g, report)
+    check_backbone(arch, args, sd, g, report)
+
+
+def check_classifier(arch, args, theirs, sd, g, report):
+    """1. ImageNet logits at 224 (super tokens 8, 4, 1, 1), eval mode, of
+    the authors' classifier ``theirs`` and mmstvit's with ``sd`` converted;
+    the top-1 classes must agree."""
+    from mmstvit.weights import convert_official_state_dict
     theirs.load_state_dict(sd)
     ours = classifier(arch)
     ours.load_state_dict(convert_official_state_dict(sd), strict=True)
@@ -165,7 +171,14 @@ def check_arch(arch, args, report):
     if agree < 1:
         report.failed.append(f'{arch} top-1 agreement')
 
-    # 2. backbone with the dense-task sizes
+
+def check_backbone(arch, args, sd, g, report):
+    """2. The backbone with the dense-task super token sizes at
+    ``--size``: the four stage outputs in eval mode, then one training
+    step (:func:`check_training_step`)."""
+    from mmstvit import STViT
+    from mmstvit.weights.official_model import (build_official_model,
+                                                official_backbone_features)
     theirs = build_official_model(args.official_src, arch, DET_STOKEN)
     theirs.load_state_dict(sd)
     backbone = STViT(arch=arch, stoken_size=DET_STOKEN, drop_path_rate=0.)
@@ -182,7 +195,14 @@ def check_arch(arch, args, report):
         outs = backbone(x)
     for i, (o, r) in enumerate(zip(outs, refs)):
         report.row(arch, f'stage {i} output {w}x{h} (16,8,2,1), eval', o, r)
+    check_training_step(arch, theirs, backbone, x, g, report)
 
+
+def check_training_step(arch, theirs, backbone, x, g, report):
+    """Train mode (batch statistics): the stage outputs for ``x``, the
+    gradient of a random weighting of them with respect to the input, and
+    every parameter's gradient (:func:`compare_parameter_gradients`)."""
+    from mmstvit.weights.official_model import official_backbone_features
     theirs.train()
     backbone.train()
     xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -194,9 +214,14 @@ def check_arch(arch, args, report):
     for i, (o, r) in enumerate(zip(outs, refs)):
         report.row(arch, f'stage {i} output, train mode', o, r)
     report.row(arch, 'gradient w.r.t. the input', xo.grad, xt.grad)
-    # every parameter gradient, to 1e-4 of the largest gradient of the
-    # network (a conv bias before a train-mode BatchNorm has a true
-    # gradient of 0: its float noise is not compared to itself)
+    compare_parameter_gradients(arch, theirs, backbone, report)
+
+
+def compare_parameter_gradients(arch, theirs, backbone, report):
+    """Every parameter gradient, matched by name, to 1e-4 of the largest
+    gradient of the network (a conv bias before a train-mode BatchNorm has
+    a true gradient of 0: its float noise is not compared to itself); a
+    parameter with a gradient in theirs and none in ours fails too."""
     their_params = dict(theirs.named_parameters())
     pairs = [(name, p.grad, their_params[name].grad)
              for name, p in backbone.named_parameters()

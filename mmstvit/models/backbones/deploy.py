@@ -12,7 +12,7 @@ ones, which are deleted; every module of the deployed model runs).
   map applied in place (the stem's BatchNorms follow a GELU and a padded
   convolution, where they cannot fold).
 * :class:`FusedConvFFN`, :class:`FusedMultiheadConvAttention` (and
-  :class:`~.stvit.FusedStokenAttention`): the block's branches with their
+  :class:`~.stoken_attention.FusedStokenAttention`): the block's branches with their
   norm (``norm2``) and layer scale folded in, adding their result into the
   block's map (``forward(x, acc)`` returns ``acc + branch(x)``, in place
   where ``kernels.inplace``).

@@ -5,7 +5,7 @@ self-attention over super tokens, with the authors' module and parameter
 names. Every layer is called as its module; the modules that compute in more
 than one way read the model's kernel plan ``self.kernels``
 (:class:`Planned`). The residuals, layer scale and drop path are the
-block's (:class:`~.stvit.STViTBlock`).
+block's (:class:`~.stages.STViTBlock`).
 """
 import copy
 import functools
@@ -265,6 +265,7 @@ class ConvStem(Planned, nn.Module):
                 x = bn(act(x))
         return x
 
+
 def _act_norm(act: nn.Module, bn: nn.Module, a: torch.Tensor):
     return bn(act(a))
 
@@ -301,6 +302,7 @@ def parse_arch(arch, arch_zoo: dict, arch_names) -> dict:
     if len(arch['layer_scale']) != n:
         raise ValueError('STViT: layer_scale needs one bool per stage')
     return arch
+
 
 def parse_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
     """STViT's ``out_indices`` (an int or a sequence, negative from the

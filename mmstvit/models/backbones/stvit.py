@@ -3,13 +3,17 @@
 
 Huang et al., "Vision Transformer with Super Token Sampling", CVPR 2023.
 
-This file is the model, written as the paper's maths. How it runs fast is in
-:mod:`.kernels`; which kernels run is the model's plan
-(:class:`~.kernels.Kernels`), fixed when it is built and changed only by
-:meth:`STViT.set_kernels`, :func:`~.kernels.use_kernels` or
-:meth:`STViT.switch_to_deploy` (see ``docs/architecture.md``). Module and
-parameter names follow the authors' ``models/stvit.py`` so that their
-ImageNet checkpoints load as they are.
+The model is written as the paper's maths, in four files: this one (the
+backbone: arguments, stages, freezing, kernel plan, deploy, loading,
+forward), :mod:`.stages` (block and stage), :mod:`.stoken_attention` (super
+token attention) and :mod:`.modules` (the convolutional parts and the
+attention over super tokens). How it runs fast is in :mod:`.kernels`; which
+kernels run is the model's plan (:class:`~.kernels.Kernels`), fixed when it
+is built and changed only by :meth:`STViT.set_kernels`,
+:func:`~.kernels.use_kernels` or :meth:`STViT.switch_to_deploy` (see
+``docs/architecture.md``). Module and parameter names follow the authors'
+``models/stvit.py`` so that their ImageNet checkpoints load as they are.
+Every building block is importable from here as before.
 
 The network (per block, ``x`` an NCHW map)::
 
@@ -17,22 +21,15 @@ The network (per block, ``x`` an NCHW map)::
     x = x + gamma_1 * STA(LN(x))                       norm1, attn
     x = x + gamma_2 * ConvFFN(BN(x))                   norm2, mlp2
 
-and super token attention ``STA`` (:class:`StokenAttention`) for a super
-token size s: with pixels X, super tokens S (one per s x s cell) and the
-association Q of each pixel with the 3x3 super tokens around its cell,
-
-    (1) Q = Softmax(X S^T / sqrt(C))          over the 9 neighbours
-    (2) S = Q^T X / column sums of Q           super token update
-    (3) S = MHSA(S)                            stoken_refine
-    (4) X = Q S                                token upsampling
+with super token attention ``STA`` (:class:`StokenAttention`, the paper's
+equations 1-4: sampling, self-attention over super tokens, upsampling).
 """
 import contextlib
 import dataclasses
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -42,6 +39,9 @@ from .modules import (ConvBN, ConvFFN, ConvStem, DropPath, DWConv,
                       IdentityKernel, LayerNorm2d, MultiheadConvAttention,
                       Planned, _pair, check_frozen_stages, parse_arch,
                       parse_out_indices, per_stage, pretrained_init_cfg)
+from .stages import STViTBlock, STViTStage, build_stages
+from .stoken_attention import (FusedStokenAttention, StokenAttention,
+                               StokenGrid, SuperTokenSampling)
 
 __all__ = [
     'STViT', 'STViTStage', 'STViTBlock', 'StokenAttention', 'StokenGrid',
@@ -49,294 +49,6 @@ __all__ = [
     'ConvBN', 'DWConv', 'MultiheadConvAttention', 'LayerNorm2d', 'DropPath',
     'IdentityKernel', 'Planned'
 ]
-
-
-class StokenGrid(NamedTuple):
-    """Sizes of a super token grid: ``hh x ww`` super tokens over the map
-    padded to ``H x W`` from its original ``H0 x W0``."""
-    hh: int
-    ww: int
-    H: int
-    W: int
-    H0: int
-    W0: int
-
-    @property
-    def padded(self) -> bool:
-        return self.H != self.H0 or self.W != self.W0
-
-
-class SuperTokenSampling(NamedTuple):
-    """The results of super token sampling (equations 1 and 2), with
-    n = hh*ww super tokens and P = sh*sw pixels per cell.
-
-    Attributes:
-        pixels: (B, n, P, C), the (padded) map cell by cell.
-        assoc: (B, n, P, 9), each pixel's softmax association with the 3x3
-            super tokens around its cell (row-major, centre at index 4).
-        assoc_sum: (B, 1, hh, ww), the association's column sums.
-        stokens: (B, C, hh, ww), the super tokens.
-        grid: the :class:`StokenGrid`.
-    """
-    pixels: torch.Tensor
-    assoc: torch.Tensor
-    assoc_sum: torch.Tensor
-    stokens: torch.Tensor
-    grid: StokenGrid
-
-
-class StokenAttention(Planned, nn.Module):
-    """Super token attention: sampling, self-attention, upsampling.
-
-    For a super token size ``s`` (a pair) the map is padded right/bottom to a
-    multiple of ``s``; each s x s cell starts as the mean of its pixels; every
-    pixel is associated with the 3x3 super tokens around its cell by a softmax
-    of dot products scaled by ``C**-0.5``; ``n_iter`` refinement steps run
-    without gradient; the super tokens are the association-weighted means of
-    their pixels; multi-head self-attention mixes them; and each pixel is
-    rebuilt from its 3x3 super tokens with the same association. With
-    ``s == (1, 1)`` this is plain global self-attention. Sampling runs in
-    float32 in every precision (its normaliser sums up to 9 s^2 weights).
-    """
-
-    def __init__(self, dim: int, stoken_size, n_iter: int = 1,
-                 num_heads: int = 8, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0., rel_pos_grid=None):
-        super().__init__()
-        self.dim = dim
-        self.stoken_size = _pair(stoken_size)
-        if min(self.stoken_size) < 1:
-            raise ValueError(f'super token size must be >= 1, got '
-                             f'{self.stoken_size}')
-        self.n_iter = int(n_iter)
-        if self.n_iter < 1:
-            raise ValueError(f'n_iter must be >= 1, got {n_iter}')
-        self.scale = dim**-0.5
-        self.unfold = IdentityKernel()
-        self.fold = IdentityKernel()
-        self.stoken_refine = MultiheadConvAttention(
-            dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop,
-            ablation.RelativePositionBias(num_heads, rel_pos_grid)
-            if rel_pos_grid else None)
-
-    @property
-    def uses_super_tokens(self) -> bool:
-        """False for a super token size of 1: plain global attention."""
-        return self.stoken_size[0] > 1 or self.stoken_size[1] > 1
-
-    # -- equations (1) and (2): super token sampling ------------------------
-    def associate(self, x: torch.Tensor) -> SuperTokenSampling:
-        """Runs super token sampling on ``x`` (B, C, H0, W0) and returns its
-        results (:class:`SuperTokenSampling`)."""
-        B, C, H0, W0 = x.shape
-        # plain ints: the shapes below stay static for tracers and exporters
-        H0, W0 = int(H0), int(W0)
-        sh, sw = self.stoken_size
-        pad_b, pad_r = (-H0) % sh, (-W0) % sw
-        if pad_b or pad_r:
-            x = F.pad(x, (0, pad_r, 0, pad_b))
-        H, W = H0 + pad_b, W0 + pad_r
-        hh, ww = H // sh, W // sw
-        n, P = hh * ww, sh * sw
-        how = self.kernels.neighbourhoods
-
-        # initial grid: the mean of each cell, (B, C, hh, ww) (the authors
-        # pool adaptively to (hh, ww): on the padded map the same means, and
-        # this form exports to ONNX for any input size)
-        stokens = F.avg_pool2d(x, (sh, sw))
-        pixels = x.reshape(B, C, hh, sh, ww, sw).permute(0, 2, 4, 3, 5, 1)
-        pixels = pixels.reshape(B, n, P, C)
-
-        with torch.no_grad():
-            for it in range(self.n_iter):
-                # (1) Q = softmax(X S^T / sqrt(C)) over the 3x3 neighbours
-                neigh = kernels.neighbours(stokens, how, self._kernel(self.unfold))
-                assoc = ((pixels @ neigh) * self.scale).softmax(-1)
-                assoc_sum = kernels.scatter_to_neighbours(
-                    assoc.sum(2).unsqueeze(-2), hh, ww, how,
-                    self._kernel(self.fold))  # (B, 1, hh, ww)
-                if it < self.n_iter - 1:
-                    stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
-        stokens = self._update(pixels, assoc, assoc_sum, hh, ww)
-        return SuperTokenSampling(pixels, assoc, assoc_sum, stokens,
-                                  StokenGrid(hh, ww, H, W, H0, W0))
-
-    def _update(self, pixels, assoc, assoc_sum, hh, ww):
-        """(2) S = Q^T X / column sums: association-weighted means."""
-        # (B, n, C, 9): what each cell's pixels send to its 9 neighbours
-        sent = pixels.transpose(-1, -2) @ assoc
-        return kernels.scatter_to_neighbours(
-            sent, hh, ww, self.kernels.neighbourhoods,
-            self._kernel(self.fold)) / (assoc_sum + 1e-12)
-
-    # -- equation (4): token upsampling --------------------------------------
-    def upsample(self, assoc: torch.Tensor, stokens: torch.Tensor,
-                 grid: StokenGrid) -> torch.Tensor:
-        """X = Q S, cropped to the input size."""
-        out = kernels.upsample(assoc, stokens, self.stoken_size, grid.hh,
-                               grid.ww, self.kernels.neighbourhoods,
-                               self._kernel(self.fold))
-        if grid.padded:
-            out = out[:, :, :grid.H0, :grid.W0]
-        return out
-
-    def sample_and_refine(self, x: torch.Tensor):
-        """Equations (1)-(3): ``(assoc, stokens, grid)``, the association
-        and the refined super tokens in the dtype of ``x`` (sampling in
-        float32)."""
-        with torch.autocast(x.device.type, enabled=False):
-            sampling = self.associate(x.float())  # (1) and (2)
-        stokens = self.stoken_refine(sampling.stokens.to(x.dtype))  # (3)
-        return sampling.assoc.to(stokens.dtype), stokens, sampling.grid
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """STA(x): (B, C, H, W) -> (B, C, H, W)."""
-        if not self.uses_super_tokens:
-            return self.stoken_refine(x)
-        assoc, stokens, grid = self.sample_and_refine(x)
-        return self.upsample(assoc, stokens, grid)  # (4)
-
-    @staticmethod
-    def _kernel(holder: Optional[IdentityKernel]):
-        return None if holder is None else holder.weights
-
-
-class FusedStokenAttention(StokenAttention):
-    """Super token attention for inference (:meth:`STViT.switch_to_deploy`):
-    ``acc + gamma * STA(x)`` with layer scale folded into
-    ``stoken_refine.proj`` (per channel, it commutes with the upsampling),
-    the upsampled map added into ``acc`` in place where
-    ``kernels.inplace``; the identity kernels are kept only for the
-    ``'conv'`` neighbourhoods."""
-
-    def __init__(self, trained: StokenAttention,
-                 gamma: Optional[torch.Tensor]):
-        nn.Module.__init__(self)
-        for name in ('dim', 'stoken_size', 'n_iter', 'scale', 'kernels'):
-            setattr(self, name, getattr(trained, name))
-        conv = trained.kernels.neighbourhoods == 'conv'
-        self.unfold = trained.unfold if conv else None
-        self.fold = trained.fold if conv else None
-        self.stoken_refine = deploy.FusedMultiheadConvAttention(
-            trained.stoken_refine, gamma)
-
-    def forward(self, x, acc):
-        if not self.uses_super_tokens:
-            return self.stoken_refine(x, acc)
-        assoc, stokens, grid = self.sample_and_refine(x)
-        if self.kernels.inplace and not grid.padded:
-            return kernels.upsample_add_(acc, assoc, stokens,
-                                         self.stoken_size, grid.hh, grid.ww,
-                                         self.kernels.neighbourhoods)
-        return acc + self.upsample(assoc, stokens, grid)
-
-
-class STViTBlock(nn.Module):
-    """CPE -> LN -> super token attention -> BN -> ConvFFN, with residuals,
-    as the paper writes it (``pos_embed``, ``ffn``, ``rel_pos_grid``:
-    :mod:`.ablation`). The block owns the residuals, the layer scale
-    (``gamma_1``, ``gamma_2``) and the drop path; its branches map
-    (B, dim, H, W) to (B, dim, H, W). :meth:`switch_to_deploy` rewrites it
-    for inference once (RepVGG's ``deploy`` flag)."""
-
-    deploy = False
-
-    def __init__(self, dim: int, num_heads: int, stoken_size, n_iter: int = 1,
-                 mlp_ratio: float = 4., qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, drop: float = 0.,
-                 attn_drop: float = 0., drop_path: float = 0.,
-                 layer_scale: bool = False, init_values: float = 1e-6,
-                 pos_embed: Optional[str] = 'cpe', ffn: str = 'conv',
-                 rel_pos_grid=None):
-        super().__init__()
-        self.pos_embed = DWConv(dim, 3) if pos_embed == 'cpe' else None
-        self.norm1 = LayerNorm2d(dim)
-        self.attn = StokenAttention(
-            dim, stoken_size, n_iter=n_iter, num_heads=num_heads,
-            qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
-            proj_drop=drop, rel_pos_grid=rel_pos_grid)
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else \
-            nn.Identity()
-        self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp2 = ConvFFN(dim, int(dim * mlp_ratio), drop,
-                            **ablation.ffn_kwargs(ffn))
-        self.layer_scale = layer_scale
-        if layer_scale:
-            self.gamma_1 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
-            self.gamma_2 = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
-
-    def forward(self, x):
-        if self.deploy:
-            return self.forward_deploy(x)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(x)  # CPE
-        x = x + self.drop_path(self.scaled(1, self.attn(self.norm1(x))))
-        x = x + self.drop_path(self.scaled(2, self.mlp2(self.norm2(x))))
-        return x
-
-    def scaled(self, i: int, y: torch.Tensor) -> torch.Tensor:
-        """``gamma_i * y`` (layer scale), or ``y``."""
-        return getattr(self, f'gamma_{i}') * y if self.layer_scale else y
-
-    def forward_deploy(self, x):
-        """The three residual lines after :meth:`switch_to_deploy`, each sum
-        accumulated into ``x`` (in place where ``kernels.inplace``)."""
-        if self.pos_embed is not None:
-            x = self.pos_embed(x)  # x + DWConv(x) as one convolution
-        x = self.attn(self.norm1(x), x)  # x + gamma_1 * STA(LN(x))
-        return self.mlp2(x, x)  # x + gamma_2 * ConvFFN(BN(x)), BN folded
-
-    def switch_to_deploy(self) -> None:
-        """Replaces the CPE, ``attn`` and ``norm2``/``mlp2`` by fused
-        modules (:mod:`.deploy`), deleting the folded ones (``norm2``,
-        ``gamma_*``, ``drop_path``); eval mode only."""
-        g1, g2 = (self.gamma_1, self.gamma_2) if self.layer_scale else \
-            (None, None)
-        self.pos_embed = deploy.fuse_cpe(self.pos_embed)
-        self.attn = FusedStokenAttention(self.attn, g1)
-        self.mlp2 = deploy.FusedConvFFN(self.norm2, self.mlp2, g2)
-        del self.norm2, self.drop_path
-        if self.layer_scale:
-            del self.gamma_1, self.gamma_2
-            self.layer_scale = False
-        self.deploy = True
-
-
-class STViTStage(nn.Module):
-    """``layers.i``: blocks, then (except the last stage) a downsample.
-
-    ``forward`` runs the blocks and returns the stage's features (what the
-    backbone outputs for this stage, so a forward hook on ``layers[i]`` sees
-    them); the backbone applies ``downsample`` to them to feed the next
-    stage, as in the paper where the downsample ends the stage. With
-    ``with_cp`` each block is recomputed in backward, its BatchNorm
-    statistics updated once (:func:`~.kernels.keep_buffers_on_recompute`).
-    """
-
-    def __init__(self, depth: int, dim: int, out_dim: Optional[int],
-                 block_cfg: dict, drop_paths: Sequence[float],
-                 with_cp: bool = False):
-        super().__init__()
-        self.with_cp = with_cp
-        self.blocks = nn.ModuleList([
-            STViTBlock(dim, drop_path=drop_paths[j], **block_cfg)
-            for j in range(depth)
-        ])
-        self.downsample = ConvBN(dim, out_dim) if out_dim else None
-
-    def forward(self, x):
-        for blk in self.blocks:
-            if self.with_cp and self.training and torch.is_grad_enabled():
-                x = kernels.recompute(blk, x, buffers_of=blk, random=True)
-            else:
-                x = blk(x)
-        return x
-
-
-# ---------------------------------------------------------------------------
-# the backbone
-# ---------------------------------------------------------------------------
 
 
 def _after_load(module: nn.Module, incompatible_keys) -> None:
@@ -456,59 +168,45 @@ class STViT(Planned, BaseModule):
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=pretrained_init_cfg(pretrained, init_cfg))
-
-        self.arch_settings = parse_arch(arch, self.arch_zoo, self.arch_names)
-        self.arch = arch if isinstance(arch, str) else 'custom'
-        dims = self.arch_settings['embed_dims']
-        depths = self.arch_settings['depths']
-        heads = self.arch_settings['num_heads']
-        layer_scale = self.arch_settings['layer_scale']
-        num_stages = len(depths)
-        self.num_stages = num_stages
-        self.embed_dims = list(dims)
-
-        self.stoken_size = [_pair(s) for s in per_stage(
-            stoken_size, 'stoken_size', num_stages)]
-        self.n_iter = [int(v) for v in per_stage(n_iter, 'n_iter',
-                                                       num_stages)]
-
-        self.out_indices = parse_out_indices(out_indices, num_stages)
-        self.frozen_stages = check_frozen_stages(frozen_stages, num_stages)
+        self._set_arch(arch, stoken_size, n_iter)
+        self.out_indices = parse_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = check_frozen_stages(frozen_stages,
+                                                 self.num_stages)
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = channels_last
 
-        self.patch_embed = ablation.build_stem(stem, in_channels, dims[0])
-        self.ape = ablation.build_ape(pos_embed, dims[0], pretrain_img_size)
+        dim0 = self.embed_dims[0]
+        self.patch_embed = ablation.build_stem(stem, in_channels, dim0)
+        self.ape = ablation.build_ape(pos_embed, dim0, pretrain_img_size)
         self.pos_drop = nn.Dropout(drop_rate)
         rpe_grids = ablation.rpe_grids(pos_embed, rel_pos_grid,
                                        pretrain_img_size, self.stoken_size)
-        total = sum(depths)
-        dpr = [
-            x.item() for x in torch.linspace(0, drop_path_rate, total)
-        ] if total > 1 else [drop_path_rate] * total
-        self.layers = nn.ModuleList()
-        start = 0
-        for i in range(num_stages):
-            block_cfg = dict(
-                num_heads=heads[i], stoken_size=self.stoken_size[i],
-                n_iter=self.n_iter[i], mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
-                attn_drop=attn_drop_rate, layer_scale=bool(layer_scale[i]),
-                init_values=layer_scale_init_value, pos_embed=pos_embed,
-                ffn=ffn, rel_pos_grid=rpe_grids[i])
-            self.layers.append(
-                STViTStage(
-                    depths[i], dims[i],
-                    dims[i + 1] if i < num_stages - 1 else None, block_cfg,
-                    dpr[start:start + depths[i]], with_cp=with_cp))
-            start += depths[i]
+        self.layers = build_stages(
+            self.arch_settings, self.stoken_size, self.n_iter, rpe_grids,
+            drop_path_rate, with_cp, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
+            init_values=layer_scale_init_value, pos_embed=pos_embed, ffn=ffn)
         self._freeze_stages()
         if channels_last:
             store_channels_last(self)
         # load_state_dict(assign=True) puts the file's tensors in place
         self.register_load_state_dict_post_hook(_after_load)
         self.set_kernels(kernels)
+
+    def _set_arch(self, arch, stoken_size, n_iter) -> None:
+        """The arch and the per-stage arguments, checked: ``arch_settings``
+        (a dict of per-stage lists), ``arch`` (its name or ``'custom'``),
+        ``num_stages``, ``embed_dims``, ``stoken_size`` (pairs) and
+        ``n_iter`` (ints), one entry per stage."""
+        self.arch_settings = parse_arch(arch, self.arch_zoo, self.arch_names)
+        self.arch = arch if isinstance(arch, str) else 'custom'
+        self.num_stages = len(self.arch_settings['depths'])
+        self.embed_dims = list(self.arch_settings['embed_dims'])
+        self.stoken_size = [_pair(s) for s in per_stage(
+            stoken_size, 'stoken_size', self.num_stages)]
+        self.n_iter = [int(v) for v in per_stage(n_iter, 'n_iter',
+                                                 self.num_stages)]
 
     # -- training-mode behaviour --------------------------------------------
     def _frozen_modules(self):

@@ -6,6 +6,10 @@ mmpretrain (and torchvision); a missing or broken mmpretrain raises an
 ``ImportError`` that names it when the head is asked for.
 """
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for linters and editors; at run time __getattr__ imports it
+    from .stvit_head import STViTClsHead
 
 __all__ = ['STViTClsHead']
 

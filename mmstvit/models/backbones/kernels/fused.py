@@ -42,7 +42,6 @@ def add_conv1x1_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return acc.add_(F.conv2d(x, weight, bias))
 
 
-
 def bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` for
     a BatchNorm in eval mode (running statistics)."""
@@ -53,7 +52,6 @@ def bn_scale_shift(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     if bn.affine:
         shift = shift + bn.bias
     return scale, shift
-
 
 
 def fold_bn_after(conv: nn.Conv2d, bn: _BatchNorm):

@@ -9,6 +9,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
+
 def channels_last_strides(shape) -> Tuple[int, ...]:
     """The strides of a dense channels-last (N, C, H, W) tensor of
     ``shape``, including those of size-1 dimensions."""

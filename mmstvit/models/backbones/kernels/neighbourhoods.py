@@ -14,6 +14,7 @@ import torch.nn.functional as F
 #: kernels operators; on an older torch the plan runs the same slices inline.
 HAS_OPERATORS = hasattr(torch.library, 'custom_op')
 
+
 def unfold3x3(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, 9, h*w): every cell's 3x3 neighbourhood (zeros
     off the grid), as the authors compute it: a convolution with their
@@ -106,10 +107,8 @@ def _register_neighbourhood_operators() -> None:
         scatter_backward, setup_context=lambda ctx, inputs, output: None)
 
 
-
 if HAS_OPERATORS:
     _register_neighbourhood_operators()
-
 
 
 def gather3x3(t: torch.Tensor, how: str = 'slices') -> torch.Tensor:
@@ -198,4 +197,3 @@ def _upsampled_cells(assoc, stokens, stoken_size, hh, ww, how):
     sh, sw = stoken_size
     out = assoc @ gather3x3(nhwc(stokens), how)  # (B, n, P, C)
     return out.view(B, hh, ww, sh, sw, C).transpose(2, 3)
-

@@ -7,6 +7,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+
 class _RestoreBuffers:
     """Puts every buffer of a module back as it was when entered."""
 
