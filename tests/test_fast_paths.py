@@ -150,6 +150,12 @@ def compare_plans(precision, kwargs, train, frozen=False,
     autocast both against the plain graph in fp32, and with
     ``fp64_reference`` in fp32 both against the plain graph in fp64."""
     dtype, tol, zero = PRECISIONS[precision]
+    if fp64_reference:
+        # fp32 against fp64: the stem conv's bias gradient sums ~1,800
+        # terms per channel that BatchNorm's backward nearly cancels; its
+        # fp32 rounding reaches 4e-5 of the norm in either plan, as the
+        # reduction order (thread count) falls
+        tol = max(tol, 5e-5)
     fast = tiny(**kwargs)
     plain = plain_copy(fast)
     ref = plain_copy(fast) if dtype is not None else \
