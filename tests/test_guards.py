@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from mmstvit.engine import divergence, errors
-from mmstvit.utils.checkpoint import load_checkpoint_file
+from mmstvit.weights import load_checkpoint_file
 
 from helpers import REPO, free_port
 

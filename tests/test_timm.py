@@ -19,8 +19,8 @@ from helpers import REPO
 
 import mmstvit.timm  # noqa: F401  (registers the models with timm)
 from mmstvit.timm import STViTClassifier
-from mmstvit.utils.checkpoint import (CheckpointMismatchError,
-                                      UnsafeCheckpointError)
+from mmstvit.weights import (CheckpointMismatchError,
+                             UnsafeCheckpointError)
 
 NAMES = ('stvit_small', 'stvit_base', 'stvit_large')
 CHANNELS = {'stvit_small': [64, 128, 320, 512],
