@@ -37,9 +37,12 @@ anything imports mmstvit, in ``_mmstvit_scope``):
    mmseg 1.2 does.
 4. Importing mmdet's or mmpretrain's datasets prints ``Could not import
    OneDL`` to stdout (a debug message of the fork, printed because it is
-   logged with no logger) when the OneDL client is not installed.
-   :func:`quiet_onedl_probe` drops exactly that line while those modules
-   import (any other output passes).
+   logged with no logger) when the OneDL client is not installed; importing
+   mmdet's models logs a warning that ``mmcv.ops.line_nms`` is missing
+   (``Line NMS is not compiled``: the fork's lane-detection head
+   ``CLRHead`` needs onedl-mmcv's CUDA op; mmcv 2.1.0 has none, and mmstvit
+   uses no such head). :func:`quiet_fork_imports` drops exactly those two
+   messages while those modules import (any other output passes).
 5. Resume: its ``IterBasedTrainLoop`` can skip the trained iterations in the
    sampler (``fast_forward_on_resume``, ``InfiniteSampler.skip``) and builds
    its data iterator lazily. mmstvit's loops (:mod:`mmstvit.engine.loops`)
@@ -60,6 +63,7 @@ import functools
 import importlib.abc
 import importlib.metadata
 import io
+import logging
 import os
 import os.path as osp
 import sys
@@ -80,17 +84,25 @@ DIFFERENCES = (
     ('SegVisualizationHook saves every test image, numbered 1, 2, 3',
      'seg_test_pictures_by_interval'),
     ('"Could not import OneDL" on stdout when mmdet/mmpretrain import',
-     'quiet_onedl_probe'),
+     'quiet_fork_imports'),
+    ('"Line NMS is not compiled" warning when mmdet.models imports '
+     '(CLRHead needs onedl-mmcv\'s CUDA line_nms)', 'quiet_fork_imports'),
     ('IterBasedTrainLoop fast_forward_on_resume, lazy data iterator',
      'mmstvit.engine.loops draws the trained batches itself'),
     ('no pkg_resources (importlib.metadata)',
      'setuptools < 81 pinned for the upstream stack only'),
 )
 
-#: the modules of the fork that print the OneDL probe line, and the line
-ONEDL_PROBE_MODULES = ('mmdet.datasets', 'mmdet.datasets.transforms',
-                       'mmpretrain.datasets')
-ONEDL_PROBE_LINE = 'Could not import OneDL'
+#: the fork's modules that print (stdout line) or log (message start) a
+#: note no mmstvit user can act on: {module: (line start, message start)}
+QUIET_IMPORTS = {
+    name: ('Could not import OneDL', None) for name in (
+        'mmdet.datasets', 'mmdet.datasets.transforms', 'mmseg.datasets',
+        'mmseg.datasets.transforms', 'mmpretrain.datasets')}
+QUIET_IMPORTS.update({
+    'mmdet.models.dense_heads.clr_head.clr_head':
+    (None, 'Line NMS is not compiled'),
+})
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,10 +199,11 @@ def seg_test_pictures_by_interval(module=None) -> None:
                           module=ByIntervalSegVisualizationHook, force=True)
 
 
-# -- 4. the fork's OneDL probe line -----------------------------------------
+# -- 4. the fork's notes while it imports -----------------------------------
 
 class _DropLine(io.TextIOBase):
-    """A stdout that passes everything on except lines equal to ``line``."""
+    """A stdout that passes everything on except lines that start with
+    ``line``."""
 
     def __init__(self, target, line: str):
         self._target, self._line, self._pending = target, line, ''
@@ -199,7 +212,7 @@ class _DropLine(io.TextIOBase):
         self._pending += text
         *lines, self._pending = self._pending.split('\n')
         for one in lines:
-            if one != self._line:
+            if not one.startswith(self._line):
                 self._target.write(one + '\n')
         return len(text)
 
@@ -214,10 +227,11 @@ _stdout_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def _without_line(line: str):
+def _without_line(line):
+    """stdout without lines that start with ``line`` (None: as it is)."""
     with _stdout_lock:
         real = sys.stdout
-        if real is None:  # no console (pythonw)
+        if line is None or real is None:  # nothing to drop, no console
             yield
             return
         sys.stdout = _DropLine(real, line)
@@ -226,6 +240,32 @@ def _without_line(line: str):
         finally:
             sys.stdout.flush()
             sys.stdout = real
+
+
+class _DropRecord(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.start)
+
+
+@contextlib.contextmanager
+def _without_log(start):
+    """mmengine's current logger without records whose message starts with
+    ``start`` (None: as it is)."""
+    if start is None:
+        yield
+        return
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    drop = _DropRecord(start)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -239,7 +279,8 @@ class _QuietLoader(importlib.abc.Loader):
         module.__loader__ = self._loader
         if module.__spec__ is not None:
             module.__spec__.loader = self._loader
-        with _without_line(ONEDL_PROBE_LINE):
+        line, start = QUIET_IMPORTS[module.__name__]
+        with _without_line(line), _without_log(start):
             self._loader.exec_module(module)
 
     def __getattr__(self, attr):
@@ -247,11 +288,11 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds :data:`ONEDL_PROBE_MODULES` through the other finders and
-    wraps their loader in :class:`_QuietLoader`."""
+    """Finds the modules of :data:`QUIET_IMPORTS` through the other finders
+    and wraps their loader in :class:`_QuietLoader`."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in ONEDL_PROBE_MODULES:
+        if fullname not in QUIET_IMPORTS:
             return None
         for finder in sys.meta_path:
             if isinstance(finder, _QuietFinder) or \
@@ -267,9 +308,9 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-def quiet_onedl_probe() -> None:
-    """Drops the fork's ``Could not import OneDL`` line from stdout while
-    :data:`ONEDL_PROBE_MODULES` import (those imported from now on)."""
+def quiet_fork_imports() -> None:
+    """Drops the fork's notes of :data:`QUIET_IMPORTS` while those modules
+    import (those imported from now on)."""
     if not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
 
@@ -280,11 +321,11 @@ def install() -> None:
     if not is_fork():
         return
     from mmstvit.registry import when_imported
-    quiet_onedl_probe()
+    quiet_fork_imports()
     when_imported('mmseg.engine.hooks.visualization_hook',
                   seg_test_pictures_by_interval)
 
 
 __all__ = ['STACKS', 'DIFFERENCES', 'stack', 'is_fork', 'safe_torch_load',
            'route_checkpoint_reader', 'seg_test_pictures_by_interval',
-           'quiet_onedl_probe', 'install']
+           'quiet_fork_imports', 'install']

@@ -30,8 +30,9 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FILES = {'upstream': 'mminstall.txt', 'onedl': 'mminstall-onedl.txt'}
 #: installs the ``mmcv`` module the shared mmcv 2.1.0 wheel provides
 CONFLICTING = ('onedl-mmcv',)
-#: what the build tools pin, not a stack's package
-NOT_A_STACK = ('setuptools',)
+#: in a stack's file but marking none: the build tools' pin, and the mmcv
+#: 2.1.0 wheel both stacks use
+NOT_A_STACK = ('setuptools', 'mmcv')
 
 
 def requirement_names(path: str) -> List[str]:
