@@ -81,7 +81,7 @@ PIP=("$PYTHON" -m pip install --disable-pip-version-check -c "$CONSTRAINTS")
 say() { printf '\n[mmstvit install] %s\n' "$*"; }
 
 stack_ok() {
-    MMSTVIT_ROOT="$ROOT" MMSTVIT_STACK="$STACK" "$PYTHON" - <<'EOF' 2>/dev/null
+    MMSTVIT_ROOT="$ROOT" MMSTVIT_STACK="$STACK" "$PYTHON" - <<'EOF' >/dev/null 2>&1
 import importlib, importlib.metadata as md, os, sys
 if os.environ['MMSTVIT_STACK'] == 'upstream':
     import setuptools, pkg_resources  # noqa: F401  (mmengine needs pkg_resources)
