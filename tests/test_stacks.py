@@ -29,6 +29,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.model import BaseModel
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import Dataset
@@ -197,13 +198,16 @@ LOOP_ARGS = [dict()] + ([dict(fast_forward_on_resume=True)]
 def test_resume_is_bit_for_bit(tmp_path, workers, loop_args):
     """Resumed from iteration 2 of 5 (a partial pass of 3 batches: the
     sampler and the workers' random augmentations continue mid-pass) ==
-    uninterrupted, on this stack; the fork's fast-forward is not used."""
-    full = toy_runner(tmp_path / 'full', workers, loop_args)
-    full.train()
-    expected = {k: v.clone() for k, v in full.model.state_dict().items()}
-    resumed = toy_runner(tmp_path / 'resumed', workers, loop_args,
-                         resume_from=str(tmp_path / 'full' / 'iter_2.pth'))
-    resumed.train()
+    uninterrupted, on this stack; the fork's fast-forward is not used.
+    (The runners' default scope is dropped afterwards: later tests build
+    models of the toolboxes' scopes.)"""
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        full = toy_runner(tmp_path / 'full', workers, loop_args)
+        full.train()
+        expected = {k: v.clone() for k, v in full.model.state_dict().items()}
+        resumed = toy_runner(tmp_path / 'resumed', workers, loop_args,
+                             resume_from=str(tmp_path / 'full' / 'iter_2.pth'))
+        resumed.train()
     assert resumed.iter == 5
     got = resumed.model.state_dict()
     differ = [k for k in expected if not torch.equal(expected[k], got[k])]
