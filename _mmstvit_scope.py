@@ -23,11 +23,21 @@ This module, standard library only, fixes both ends:
   imports ``mmengine.utils.package_utils`` or ``mmengine.config.utils``, and
   leaves once both are patched.
 
+On the onedl stack (the maintained fork, ``onedl-*`` distributions with the
+same import names) mmengine's table names the upstream distributions
+(``mmseg`` -> ``mmsegmentation``), which the fork's mmengine looks up with
+``importlib.metadata``: every ``mmseg::`` base failed with ``mmsegmentation
+is not installed``. :func:`patch` also points each toolbox scope of
+:data:`FORK_DISTRIBUTIONS` at the fork's distribution where the table's one
+is not installed and the fork's is (nothing changes on the upstream stack).
+The other differences of the fork are handled in ``mmstvit.compat``.
+
 ``import mmstvit`` calls :func:`install` too (for a checkout on ``PYTHONPATH``,
 which has no ``.pth``).
 """
 import functools
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import sys
 
@@ -37,6 +47,34 @@ _PATHS = 'mmengine.utils.package_utils'
 #: modules that hold mmengine's get_installed_path under that name
 _USERS = (_PATHS, 'mmengine.utils', 'mmengine.config.config',
           'mmengine.hub.hub')
+#: scope -> the fork's distribution of that toolbox (the onedl stack)
+FORK_DISTRIBUTIONS = {
+    'mmdet': 'onedl-mmdetection',
+    'mmseg': 'onedl-mmsegmentation',
+    'mmpretrain': 'onedl-mmpretrain',
+}
+
+
+def _installed(distribution):
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def fork_scopes(table):
+    """Points the scopes of ``table`` (mmengine's ``MODULE2PACKAGE``) at
+    the fork's distributions where only those are installed; returns the
+    scopes it changed."""
+    changed = []
+    for scope, fork in FORK_DISTRIBUTIONS.items():
+        named = table.get(scope)
+        if named not in (None, fork) and not _installed(named) and \
+                _installed(fork):
+            table[scope] = fork
+            changed.append(scope)
+    return changed
 
 
 def package_dir():
@@ -70,8 +108,9 @@ def patch():
     """Teaches the mmengine modules imported so far the ``mmstvit`` scope.
     Returns True when both of mmengine's ends are done."""
     table = sys.modules.get(_TABLE)
-    if table is not None:
-        table.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE)
+    if table is not None and PACKAGE not in table.MODULE2PACKAGE:
+        table.MODULE2PACKAGE[PACKAGE] = PACKAGE
+        fork_scopes(table.MODULE2PACKAGE)
     for name in _USERS:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, 'get_installed_path'):

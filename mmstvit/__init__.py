@@ -29,8 +29,10 @@ from .engine import (DeviceAmpOptimWrapper, LayerDecayOptimWrapperConstructor,
 from .models import STViT, StokenAttention
 from .model_index import _register_model_index
 from .registry import install_hooks, when_imported
+from . import compat as _compat
 
 install_hooks()
+_compat.install()  # what the onedl stack needs (nothing on upstream)
 when_imported('mmpretrain', _register_model_index)
 
 try:  # beside the package: in site-packages, or the checkout's root

@@ -9,7 +9,8 @@ so that ``.safetensors`` files load through safetensors and ``.pth`` files
 through the allow-list; ``import mmstvit`` arranges it for when
 ``mmengine.runner.checkpoint`` is imported. It also adds
 ``stvit-official[-backbone]://PATH``: the authors' file, converted to an mm
-checkpoint while it loads.
+checkpoint while it loads. On the onedl stack the fork's remaining loaders
+read through mmstvit's reader too (:func:`mmstvit.compat.route_checkpoint_reader`).
 """
 from mmengine.logging import print_log
 
@@ -94,3 +95,7 @@ def install_mmengine_loaders(module=None) -> None:
     # load_from_torchvision/openmmlab/mmcls call this module-level name
     ckpt_mod.load_from_http = load_from_http
     register_official_scheme()
+    # the fork's other loaders (open-mmlab:// files, pavi://, s3://) read
+    # through its _safe_torch_load, which retries unsafely: mmstvit's reader
+    from mmstvit.compat import route_checkpoint_reader
+    route_checkpoint_reader(ckpt_mod)
