@@ -68,8 +68,10 @@ def _inference(results, models, st, device, args):
             if not args.no_flops:
                 # counted on an undeployed twin: the paper's protocol runs
                 # the reference plan, which a deployed model cannot take
-                twin = build(name, stoken_for(name, stoken), args.official)
-                flops = count_flops(twin.to(device).eval(), shape, device)
+                twin = build(name, stoken_for(name, stoken),
+                             args.official).to(device)
+                twin.eval()  # (not chained: mmdet's ResNet.train is None)
+                flops = count_flops(twin, shape, device)
                 r['gflops_per_img'] = flops / 1e9
                 r['gflop_s'] = flops * r['img_s'] / 1e9
                 results['models'][name]['flops'][key] = flops
