@@ -70,6 +70,8 @@ import sys
 import tempfile
 import threading
 
+from mmstvit.registry import wrap_spec
+
 #: the stacks ``tools/install.sh --stack`` installs
 STACKS = ('upstream', 'onedl')
 #: the distribution whose presence means the fork
@@ -268,44 +270,20 @@ def _without_log(start):
         logger.removeFilter(drop)
 
 
-class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__loader__ = self._loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self._loader
-        line, start = QUIET_IMPORTS[module.__name__]
-        with _without_line(line), _without_log(start):
-            self._loader.exec_module(module)
-
-    def __getattr__(self, attr):
-        return getattr(self._loader, attr)
+def _exec_quietly(module, exec_module):
+    line, start = QUIET_IMPORTS[module.__name__]
+    with _without_line(line), _without_log(start):
+        exec_module(module)
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
     """Finds the modules of :data:`QUIET_IMPORTS` through the other finders
-    and wraps their loader in :class:`_QuietLoader`."""
+    and runs their loader without the fork's notes."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in QUIET_IMPORTS:
             return None
-        for finder in sys.meta_path:
-            if isinstance(finder, _QuietFinder) or \
-                    not hasattr(finder, 'find_spec'):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
+        return wrap_spec(self, fullname, path, target, _exec_quietly)
 
 
 def quiet_fork_imports() -> None:

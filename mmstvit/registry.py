@@ -58,12 +58,14 @@ def _fire(name: str) -> None:
         _run(name, hook)
 
 
-class _HookedLoader(importlib.abc.Loader):
-    """Wraps a package's loader: runs the hooks after ``exec_module``."""
+class WrappedLoader(importlib.abc.Loader):
+    """A module's own loader whose ``exec_module`` runs as
+    ``run(module, exec_module)`` (``run`` calls it, with whatever it does
+    before, around or after); every other attribute is the loader's."""
 
-    def __init__(self, loader, name):
+    def __init__(self, loader, run: Callable):
         self._loader = loader
-        self._name = name
+        self._run = run
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -73,31 +75,44 @@ class _HookedLoader(importlib.abc.Loader):
         module.__loader__ = self._loader
         if module.__spec__ is not None:
             module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
-        _fire(self._name)
+        self._run(module, self._loader.exec_module)
 
     def __getattr__(self, attr):
         return getattr(self._loader, attr)
 
 
+def wrap_spec(finder, fullname, path, target, run: Callable):
+    """The spec that the finders of ``sys.meta_path`` other than ``finder``
+    give for ``fullname`` (None if none), its loader wrapped in a
+    :class:`WrappedLoader` with ``run``: the body of a ``find_spec`` that
+    changes how a module is executed, not where it is found."""
+    for other in sys.meta_path:
+        if other is finder or not hasattr(other, 'find_spec'):
+            continue
+        spec = other.find_spec(fullname, path, target)
+        if spec is not None:
+            break
+    else:
+        return None
+    if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
+        spec.loader = WrappedLoader(spec.loader, run)
+    return spec
+
+
+def _exec_then_fire(module, exec_module):
+    exec_module(module)
+    _fire(module.__name__)
+
+
 class _PostImportFinder(importlib.abc.MetaPathFinder):
     """Finds hooked packages through the other finders and wraps their
-    loader; everything else is left to the other finders."""
+    loader (the hooks run after it); everything else is left to the other
+    finders."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in _hooks:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, 'find_spec'):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
-            spec.loader = _HookedLoader(spec.loader, fullname)
-        return spec
+        return wrap_spec(self, fullname, path, target, _exec_then_fire)
 
 
 _FINDER = _PostImportFinder()
