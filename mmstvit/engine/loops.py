@@ -300,6 +300,15 @@ class ResumableLoopMixin:
         step = bisect.bisect(self.dynamic_milestones, count + 1)
         return self.dynamic_intervals[step - 1]
 
+    def _validate_if_due(self, done: int, total: int) -> None:
+        """After ``done`` of ``total`` iterations (or epochs): mmengine's
+        rule for when its train loops validate (the interval as of ``done``,
+        from ``val_begin``, and at the end), then :meth:`_validate`."""
+        self.val_interval = self._val_interval_at(done)
+        if (self.runner.val_loop is not None and done >= self.val_begin
+                and (done % self.val_interval == 0 or done == total)):
+            self._validate()
+
 
 @LOOPS.register_module()
 class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
@@ -323,12 +332,7 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
             while self.iter < self.max_iters and not self.stop_training:
                 self.runner.model.train()
                 self.run_iter(self._next_batch(self.dataloader_iterator))
-                self.val_interval = self._val_interval_at(self.iter)
-                if (self.runner.val_loop is not None
-                        and self.iter >= self.val_begin
-                        and (self.iter % self.val_interval == 0
-                             or self.iter == self.max_iters)):
-                    self._validate()
+                self._validate_if_due(self.iter, self.max_iters)
         finally:
             self.guard.restore()
         self.runner.call_hook('after_train_epoch')
@@ -379,12 +383,7 @@ class ResumableEpochBasedTrainLoop(ResumableLoopMixin, EpochBasedTrainLoop):
             while self.epoch < self.max_epochs and not self.stop_training:
                 self.run_epoch(skip, restore)
                 skip, restore = 0, None
-                self.val_interval = self._val_interval_at(self.epoch)
-                if (self.runner.val_loop is not None
-                        and self.epoch >= self.val_begin
-                        and (self.epoch % self.val_interval == 0
-                             or self.epoch == self.max_epochs)):
-                    self._validate()
+                self._validate_if_due(self.epoch, self.max_epochs)
         finally:
             self.guard.restore()
         self.runner.call_hook('after_train')
